@@ -212,7 +212,7 @@ def save_checkpoint(model: HierarchicalUNetV2, path: str | Path, extra: dict[str
         "format_version": FORMAT_VERSION,
         "spec": model.spec.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "meta": {"streamseg_version": __version__, "torch_version": torch.__version__, **(extra or {})},
+        "meta": {"streamseg_version": __version__, "torch_version": str(torch.__version__), **(extra or {})},
     }
     torch.save(payload, p)
     return p

@@ -16,9 +16,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def build_smp_unet(encoder_name: str) -> nn.Module:
     """A stock smp Unet (1 class, random init: no download ever)."""
+    import warnings
+
     import segmentation_models_pytorch as smp
 
-    return smp.Unet(encoder_name=encoder_name, encoder_weights=None, classes=1)
+    with warnings.catch_warnings():
+        # smp marks timm-* encoders deprecated, but upstream's checkpoints use exactly these keys.
+        warnings.filterwarnings("ignore", message=".*timm-.*encoders are deprecated.*")
+        return smp.Unet(encoder_name=encoder_name, encoder_weights=None, classes=1)
 
 
 class NormalizedUNet(nn.Module):
