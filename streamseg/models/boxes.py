@@ -53,7 +53,7 @@ def prepare_image(image_rgb: np.ndarray, rs: Resize, out: np.ndarray | None = No
     elif rs.pad_x or rs.pad_y:
         out.fill(0.0)
     chw = out[:, rs.pad_y:rs.pad_y + ch, rs.pad_x:rs.pad_x + cw]
-    np.multiply(resized.transpose(2, 0, 1), np.float32(1.0 / 255.0), out=chw, casting="unsafe")
+    np.divide(resized.transpose(2, 0, 1), np.float32(255.0), out=chw, casting="unsafe")
     return out
 
 
