@@ -105,7 +105,7 @@ def test_live_policy_drops_oldest_and_counts() -> None:
 
 
 def test_stop_unblocks_reader_quickly() -> None:
-    src = open_source("testsrc2=size=64x48:rate=1/5,realtime", format="lavfi", queue_size=1)
+    src = open_source("testsrc2=size=64x48:rate=1/5,realtime=limit=10", format="lavfi", queue_size=1)
     src.start()
     assert src.read(timeout=5) is not None  # frame 0 comes at once
     import threading
