@@ -258,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPT
     except BrokenPipeError:  # `streamseg info | head`
         return EXIT_OK
+    except SystemExit as e:  # a subcommand module's own argparse (bench) said "usage"
+        return int(e.code) if isinstance(e.code, int) else (EXIT_OK if e.code is None else EXIT_USER)
     except Exception:
         log.exception("streamseg %s failed with an unexpected error", args.command)
         return EXIT_FAIL

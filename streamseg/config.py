@@ -782,8 +782,7 @@ def _format_error(err: dict[str, Any]) -> tuple[str, str]:
         text = msg.removeprefix("Value error, ")
         if text.startswith(_MARK) and text.count(_MARK) >= 2:
             rel, text = text[1:].split(_MARK, 1)
-            base = w.parts if not w.in_sink_slot else w.parts
-            path = ".".join([*base, rel]) if base else rel
+            path = ".".join([*w.parts, rel])
             return path, text
         if "; allowed:" not in text:
             text += f"; allowed: {_allowed_for(w.info, w.owner)}"
@@ -1211,7 +1210,7 @@ def summary_lines(cfg: PipelineConfig) -> list[str]:
         + f", conf {d.conf}, tracker {d.tracker}, classes {d.classes}",
         f"model:     {m.name}, weights {m.weights}, input {m.input_size[0]}x{m.input_size[1]}, backend {m.backend}",
         f"runtime:   {r.device} {r.precision}, batch_frames {r.batch_frames}",
-        f"smoothing: " + (f"on (alpha {cfg.smoothing.alpha})" if cfg.smoothing.enabled else "off"),
+        "smoothing: " + (f"on (alpha {cfg.smoothing.alpha})" if cfg.smoothing.enabled else "off"),
     ]
     if not cfg.sinks:
         lines.append("sinks:     none (metrics only)")
