@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -80,9 +80,14 @@ def paste_prob(
     return x0, y0, crop.reshape(h, w)
 
 
-def paste_all(masks: PersonMasks, frame_hw: tuple[int, int], roi_hw: tuple[int, int] | None = None) -> list[Crop]:
+def paste_all(
+    masks: PersonMasks, frame_hw: tuple[int, int], roi_hw: tuple[int, int] | None = None
+) -> list[Crop]:
     """``paste_prob`` for every person of ``masks``."""
-    return [paste_prob(masks.probs[i], masks.detections.xyxy[i], frame_hw, roi_hw) for i in range(len(masks))]
+    return [
+        paste_prob(masks.probs[i], masks.detections.xyxy[i], frame_hw, roi_hw)
+        for i in range(len(masks))
+    ]
 
 
 def _overlap(a: Crop, b: Crop) -> tuple[slice, slice, slice, slice] | None:
@@ -93,8 +98,10 @@ def _overlap(a: Crop, b: Crop) -> tuple[slice, slice, slice, slice] | None:
     if x_hi <= x_lo or y_hi <= y_lo:
         return None
     return (
-        slice(y_lo - ay, y_hi - ay), slice(x_lo - ax, x_hi - ax),
-        slice(y_lo - by, y_hi - by), slice(x_lo - bx, x_hi - bx),
+        slice(y_lo - ay, y_hi - ay),
+        slice(x_lo - ax, x_hi - ax),
+        slice(y_lo - by, y_hi - by),
+        slice(x_lo - bx, x_hi - bx),
     )
 
 
@@ -155,7 +162,7 @@ def paint_labels(bins: list[Crop], labels: Sequence[int], frame_hw: tuple[int, i
     for (x0, y0, m), lab in zip(bins, labels):
         h, w = m.shape
         if h and w:
-            out[y0:y0 + h, x0:x0 + w][m] = int(lab)
+            out[y0 : y0 + h, x0 : x0 + w][m] = int(lab)
     return out
 
 
@@ -178,7 +185,7 @@ def crop_to_frame(crop: Crop, frame_hw: tuple[int, int]) -> np.ndarray:
     x0, y0, c = crop
     out = np.zeros((int(frame_hw[0]), int(frame_hw[1])), c.dtype)
     h, w = c.shape
-    out[y0:y0 + h, x0:x0 + w] = c
+    out[y0 : y0 + h, x0 : x0 + w] = c
     return out
 
 

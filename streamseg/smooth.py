@@ -58,7 +58,11 @@ class MaskSmoother:
         if not self.enabled:
             return masks
         if self._last_index is not None and frame_index < self._last_index:
-            log.debug("frame index went back (%s -> %s): smoothing state reset", self._last_index, frame_index)
+            log.debug(
+                "frame index went back (%s -> %s): smoothing state reset",
+                self._last_index,
+                frame_index,
+            )
             self._state.clear()
         self._last_index = frame_index
         probs = np.array(masks.probs, dtype=np.float32, copy=True)
@@ -103,7 +107,9 @@ class FlickerMeter:
     Only pairs of directly consecutive frame indices count, so dropped frames never look like flicker.
     """
 
-    def __init__(self, threshold: float | None = None, roi_hw: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self, threshold: float | None = None, roi_hw: tuple[int, int] | None = None
+    ) -> None:
         self.threshold = threshold
         self.roi_hw = roi_hw
         self._prev: dict[int, tuple[int, Crop]] = {}
@@ -115,7 +121,9 @@ class FlickerMeter:
         self._sum.clear()
         self._n.clear()
 
-    def update(self, masks: PersonMasks | None, frame_hw: tuple[int, int], frame_index: int) -> dict[int, float]:
+    def update(
+        self, masks: PersonMasks | None, frame_hw: tuple[int, int], frame_index: int
+    ) -> dict[int, float]:
         """Add one frame; returns the IoU measured for each track that also had a mask last frame."""
         out: dict[int, float] = {}
         if masks is None:

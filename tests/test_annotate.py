@@ -13,7 +13,9 @@ HW = (240, 320)
 GRAY = 100
 
 
-def _result(box: list[float], tid: int, prob_value: float = 1.0, watermark: str | None = None) -> FrameResult:
+def _result(
+    box: list[float], tid: int, prob_value: float = 1.0, watermark: str | None = None
+) -> FrameResult:
     img = np.full((*HW, 3), GRAY, np.uint8)
     det = Detections(np.array([box], np.float32), [0.87], [tid])
     prob = np.zeros((1, 128, 96), np.float32)
@@ -28,9 +30,9 @@ def test_mask_blend_only_on_person_pixels() -> None:
     out = Annotator(alpha=0.5, draw_boxes=False, draw_ids=False).annotate(res.frame.image, res)
     np.testing.assert_array_equal(res.frame.image, img)  # input untouched
     assert out.shape == img.shape and out.dtype == np.uint8
-    (x0, y0, m), = instance_binary_masks(res.masks, HW)
+    ((x0, y0, m),) = instance_binary_masks(res.masks, HW)
     full = np.zeros(HW, bool)
-    full[y0:y0 + m.shape[0], x0:x0 + m.shape[1]] = m
+    full[y0 : y0 + m.shape[0], x0 : x0 + m.shape[1]] = m
     assert 0.3 < full[40:221, 50:151].mean() < 0.9
     expected = np.floor(GRAY * 0.5 + np.array(PALETTE[3]) * 0.5 + 0.5).astype(np.uint8)
     np.testing.assert_array_equal(out[full], np.broadcast_to(expected, (int(full.sum()), 3)))
@@ -57,8 +59,12 @@ def test_boxes_and_labels_are_drawn() -> None:
     labelled = Annotator(draw_boxes=False, draw_ids=True).annotate(res.frame.image, res)
     changed = np.argwhere((labelled != GRAY).any(axis=2))
     assert len(changed) > 50
-    assert changed[:, 0].max() < 60 and changed[:, 1].min() >= 49  # the tag sits above the box's top-left
-    wide = Annotator(draw_boxes=False, draw_ids=True).annotate(res.frame.image, _result([50, 60, 150, 220], -1, 0.0))
+    assert (
+        changed[:, 0].max() < 60 and changed[:, 1].min() >= 49
+    )  # the tag sits above the box's top-left
+    wide = Annotator(draw_boxes=False, draw_ids=True).annotate(
+        res.frame.image, _result([50, 60, 150, 220], -1, 0.0)
+    )
     assert (wide != GRAY).any(axis=2).sum() < len(changed)  # untracked: score only, shorter tag
 
 
@@ -70,7 +76,7 @@ def test_fps_and_watermark() -> None:
     assert (ann.annotate(res.frame.image, res, fps=None) == GRAY).all()
     wm = _result([200, 60, 300, 200], tid=1, prob_value=0.0, watermark="UNTRAINED WEIGHTS")
     out = Annotator(draw_boxes=False, draw_ids=False).annotate(wm.frame.image, wm)
-    bottom = out[HW[0] // 2:]
+    bottom = out[HW[0] // 2 :]
     red = (bottom[..., 0] > 200) & (bottom[..., 1] < 100) & (bottom[..., 2] < 100)
     assert red.sum() > 100 and (out[: HW[0] // 2] == GRAY).all()
 

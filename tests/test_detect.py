@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
-
 from _shared import shared_file
+
 from streamseg.detect import Detector, create_detector, detector_options
 from streamseg.detect.boxes_file import write_boxes_jsonl
 from streamseg.errors import UserError
@@ -22,7 +23,14 @@ def _vtest_frames(first: int, count: int) -> list[Frame]:
     with av.open(str(path)) as c:
         for i, f in enumerate(c.decode(video=0)):
             if i >= first:
-                out.append(Frame(index=i, image=f.to_ndarray(format="rgb24"), pts=f.pts, time_base=f.time_base))
+                out.append(
+                    Frame(
+                        index=i,
+                        image=f.to_ndarray(format="rgb24"),
+                        pts=f.pts,
+                        time_base=f.time_base,
+                    )
+                )
             if len(out) == count:
                 break
     assert len(out) == count
@@ -59,7 +67,9 @@ def test_hog_finds_people_on_vtest_frame_400(vtest_400: list[Frame]) -> None:
     assert 2 <= len(d) <= 6, d.xyxy
     w = d.xyxy[:, 2] - d.xyxy[:, 0]
     h = d.xyxy[:, 3] - d.xyxy[:, 1]
-    assert (d.xyxy[:, :2] >= 0).all() and (d.xyxy[:, 2] <= 768).all() and (d.xyxy[:, 3] <= 576).all()
+    assert (
+        (d.xyxy[:, :2] >= 0).all() and (d.xyxy[:, 2] <= 768).all() and (d.xyxy[:, 3] <= 576).all()
+    )
     assert (w > 20).all() and (h / w > 1.3).all() and (h / w < 3.5).all()  # standing people
     assert (d.scores > 0).all() and np.all(np.diff(d.scores) <= 0)  # SVM margins, best first
     # first tracker update activates every confident detection
@@ -74,12 +84,14 @@ def test_hog_track_ids_persist_over_frames(vtest_400: list[Frame]) -> None:
     assert len(steady) >= 2, [r.track_ids for r in runs]
     for tid in steady:  # an id follows one person: its box moves only a little between frames
         boxes = [r.xyxy[r.track_ids.tolist().index(tid)] for r in runs]
-        for a, b in zip(boxes, boxes[1:]):  # HOG boxes jitter in size, so compare centres
+        for a, b in itertools.pairwise(boxes):  # HOG boxes jitter in size, so compare centres
             shift = np.hypot((a[0] + a[2] - b[0] - b[2]) / 2, (a[1] + a[3] - b[1] - b[3]) / 2)
             assert shift < 0.35 * (a[3] - a[1]), (tid, boxes)
     det.reset()
     again = det.detect(vtest_400[0])
-    assert sorted(again.track_ids.tolist()) == list(range(1, len(again) + 1))  # IDs restart after reset
+    assert sorted(again.track_ids.tolist()) == list(
+        range(1, len(again) + 1)
+    )  # IDs restart after reset
 
 
 def test_hog_untracked_and_upscale(vtest_400: list[Frame]) -> None:
@@ -97,7 +109,11 @@ def test_hog_untracked_and_upscale(vtest_400: list[Frame]) -> None:
 
 def test_boxes_file_jsonl_round_trip(tmp_path: Path) -> None:
     per_frame = {
-        0: Detections(np.array([[10, 20, 60, 150], [100, 30, 140, 120]]), np.array([0.9, 0.6]), np.array([4, 7])),
+        0: Detections(
+            np.array([[10, 20, 60, 150], [100, 30, 140, 120]]),
+            np.array([0.9, 0.6]),
+            np.array([4, 7]),
+        ),
         2: Detections(np.array([[12, 22, 62, 152]]), np.array([0.8]), np.array([4])),
     }
     path = write_boxes_jsonl(tmp_path / "boxes.jsonl", per_frame)
@@ -113,7 +129,9 @@ def test_boxes_file_jsonl_round_trip(tmp_path: Path) -> None:
 
 
 def test_boxes_file_without_ids_gets_bytetrack_ids(tmp_path: Path) -> None:
-    lines = [{"frame": i, "boxes": [[10 + i, 20, 60 + i, 150], [200, 30, 250, 160]]} for i in range(4)]
+    lines = [
+        {"frame": i, "boxes": [[10 + i, 20, 60 + i, 150], [200, 30, 250, 160]]} for i in range(4)
+    ]
     path = tmp_path / "b.jsonl"
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     det = create_detector("boxes_file", path=path)
@@ -121,21 +139,27 @@ def test_boxes_file_without_ids_gets_bytetrack_ids(tmp_path: Path) -> None:
     runs = [det.detect(Frame(i, img)) for i in range(4)]
     assert runs[0].scores.tolist() == [1.0, 1.0]  # scores default to 1
     assert sorted(runs[0].track_ids.tolist()) == [1, 2]
-    assert all(r.track_ids.tolist() == runs[0].track_ids.tolist() for r in runs)  # same people, same ids
+    assert all(
+        r.track_ids.tolist() == runs[0].track_ids.tolist() for r in runs
+    )  # same people, same ids
     plain = create_detector("boxes_file", path=path, tracker=None)
     assert plain.tracks is False and (plain.detect(Frame(0, img)).track_ids == -1).all()
 
 
 def test_boxes_file_csv(tmp_path: Path) -> None:
     path = tmp_path / "b.csv"
-    path.write_text("frame,x1,y1,x2,y2,score,track_id\n3,1,2,30,80,0.5,9\n3,40,2,70,90,0.7,11\n5,1,1,5,9,0.2,9\n")
+    path.write_text(
+        "frame,x1,y1,x2,y2,score,track_id\n3,1,2,30,80,0.5,9\n3,40,2,70,90,0.7,11\n5,1,1,5,9,0.2,9\n"
+    )
     det = create_detector("boxes_file", path=path, min_score=0.3)
     d = det.detect(Frame(3, np.zeros((100, 100, 3), np.uint8)))
     assert d.track_ids.tolist() == [9, 11] and d.xyxy[1].tolist() == [40, 2, 70, 90]
     assert len(det.detect(Frame(5, np.zeros((100, 100, 3), np.uint8)))) == 0  # below min_score
     short = tmp_path / "s.csv"
     short.write_text("0,1,2,30,80\n")  # score and id are optional
-    d = create_detector("boxes_file", path=short, tracker=None).detect(Frame(0, np.zeros((100, 100, 3), np.uint8)))
+    d = create_detector("boxes_file", path=short, tracker=None).detect(
+        Frame(0, np.zeros((100, 100, 3), np.uint8))
+    )
     assert d.scores.tolist() == [1.0] and d.track_ids.tolist() == [-1]
 
 
@@ -149,7 +173,9 @@ def test_boxes_file_csv(tmp_path: Path) -> None:
         ("bad2.csv", "0,10,2,3,4\n", 1),
     ],
 )
-def test_boxes_file_bad_line_names_file_and_line(tmp_path: Path, name: str, text: str, line: int) -> None:
+def test_boxes_file_bad_line_names_file_and_line(
+    tmp_path: Path, name: str, text: str, line: int
+) -> None:
     p = tmp_path / name
     p.write_text(text)
     with pytest.raises(UserError) as e:
@@ -162,7 +188,9 @@ def test_boxes_file_missing_and_registry_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not found") as e:
         create_detector("boxes_file", path=tmp_path / "nope.jsonl")
     assert "nope.jsonl" in str(e.value)
-    with pytest.raises(UserError, match="detector.type: unknown 'ssd'; allowed: boxes_file, hog, yolo"):
+    with pytest.raises(
+        UserError, match="detector.type: unknown 'ssd'; allowed: boxes_file, hog, yolo"
+    ):
         create_detector("ssd")
     with pytest.raises(UserError, match=r"detector.winstride: not an option of detector.type=hog"):
         create_detector("hog", winstride=4)
@@ -185,7 +213,9 @@ def test_yolo_from_model_config_offline(tmp_path: Path) -> None:
     """Random weights from yolov8n.yaml: shapes, person class only, then tracked IDs that persist."""
     rng = np.random.default_rng(0)
     img = (rng.random((240, 320, 3)) * 255).astype(np.uint8)
-    det = create_detector("yolo", weights="yolov8n.yaml", conf=1e-6, imgsz=160, max_det=20, classes=[0], tracker=None)
+    det = create_detector(
+        "yolo", weights="yolov8n.yaml", conf=1e-6, imgsz=160, max_det=20, classes=[0], tracker=None
+    )
     assert det.tracks is False and det.classes == [0]
     d = det.detect(Frame(0, img))
     _check_shapes(d)
@@ -195,13 +225,23 @@ def test_yolo_from_model_config_offline(tmp_path: Path) -> None:
 
     cfg = tmp_path / "track.yaml"
     cfg.write_text(TRACKER_YAML)  # thresholds low enough for random-weight scores
-    tdet = create_detector("yolo", weights="yolov8n.yaml", conf=1e-6, imgsz=160, max_det=20, classes=["0"], tracker=str(cfg))
+    tdet = create_detector(
+        "yolo",
+        weights="yolov8n.yaml",
+        conf=1e-6,
+        imgsz=160,
+        max_det=20,
+        classes=["0"],
+        tracker=str(cfg),
+    )
     assert tdet.tracks is True
     runs = [tdet.detect(Frame(i, img)) for i in range(3)]
     for r in runs:
         _check_shapes(r)
         assert len(r) > 0 and (r.track_ids >= 1).all() and (r.class_ids == 0).all()
-    assert set(runs[2].track_ids.tolist()) & set(runs[0].track_ids.tolist())  # same image, same tracks
+    assert set(runs[2].track_ids.tolist()) & set(
+        runs[0].track_ids.tolist()
+    )  # same image, same tracks
     tdet.reset()
     assert min(tdet.detect(Frame(0, img)).track_ids.tolist()) == 1
     tdet.close()

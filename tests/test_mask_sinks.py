@@ -12,7 +12,13 @@ import pytest
 from pycocotools import mask as mask_util
 
 from streamseg.errors import SinkError
-from streamseg.masks import box_crop, instance_binary_masks, instance_label_map, label_values, paste_prob
+from streamseg.masks import (
+    box_crop,
+    instance_binary_masks,
+    instance_label_map,
+    label_values,
+    paste_prob,
+)
 from streamseg.records import Detections, Frame, FrameResult, PersonMasks
 from streamseg.sinks.events import EventsSink
 from streamseg.sinks.masks import MaskFilesSink
@@ -25,7 +31,9 @@ def _ramp(a: float = 0.01, b: float = 0.002) -> np.ndarray:
     return (a * c + b * r).astype(np.float32)
 
 
-def _expected_ramp(box: tuple[float, ...], x0: int, y0: int, w: int, h: int, a: float = 0.01, b: float = 0.002) -> np.ndarray:
+def _expected_ramp(
+    box: tuple[float, ...], x0: int, y0: int, w: int, h: int, a: float = 0.01, b: float = 0.002
+) -> np.ndarray:
     """Analytic paste of the ramp: ROI sample j at x1 + j/(47)*(x2-x1); mask col m at ROI (m-0.5)/2."""
     xs = x0 + np.arange(w)
     ys = y0 + np.arange(h)
@@ -51,16 +59,22 @@ def test_paste_prob_corner_inclusive_sampling() -> None:
     assert (x0, y0) == (10, 20) and crop.shape == (64, 48)
     assert crop[0, 0] == pytest.approx(0.5, abs=1 / 32)
     assert crop[0, -1] == pytest.approx(94.5, abs=1 / 32)
-    np.testing.assert_allclose(np.diff(crop[0]), 2.0, atol=1 / 16)  # one ROI step = two mask columns
+    np.testing.assert_allclose(
+        np.diff(crop[0]), 2.0, atol=1 / 16
+    )  # one ROI step = two mask columns
     x0, y0, crop = paste_prob(_ramp(0.0, 1.0), (10, 20, 57, 83), (200, 200))
-    assert crop[0, 0] == pytest.approx(0.5, abs=1 / 32) and crop[-1, 0] == pytest.approx(126.5, abs=1 / 32)
+    assert crop[0, 0] == pytest.approx(0.5, abs=1 / 32) and crop[-1, 0] == pytest.approx(
+        126.5, abs=1 / 32
+    )
 
 
 def test_paste_prob_clips_to_frame_and_handles_tiny_boxes() -> None:
     box = (-20.0, -10.0, 50.0, 90.0)
     x0, y0, crop = paste_prob(_ramp(), box, (60, 40))
     assert (x0, y0) == (0, 0) and crop.shape == (60, 40)
-    np.testing.assert_allclose(crop, _expected_ramp(box, 0, 0, 40, 60), atol=0.01 / 32 + 0.002 / 32 + 1e-6)
+    np.testing.assert_allclose(
+        crop, _expected_ramp(box, 0, 0, 40, 60), atol=0.01 / 32 + 0.002 / 32 + 1e-6
+    )
     _, _, empty = paste_prob(_ramp(), (10.2, 10.2, 10.8, 10.8), (60, 40))
     assert empty.size == 0
     assert box_crop((700, 10, 800, 50), (480, 640))[2] == 0  # box outside the frame
@@ -88,7 +102,7 @@ def test_label_map_overlaps_go_to_higher_probability() -> None:
     bins = instance_binary_masks(masks, hw)
     full = [np.zeros(hw, bool) for _ in bins]
     for f, (x0, y0, m) in zip(full, bins):
-        f[y0:y0 + m.shape[0], x0:x0 + m.shape[1]] = m
+        f[y0 : y0 + m.shape[0], x0 : x0 + m.shape[1]] = m
     assert not (full[0] & full[1]).any()  # exclusive
     np.testing.assert_array_equal(full[0], lab == 7)
     np.testing.assert_array_equal(full[1], lab == 3)
@@ -103,9 +117,21 @@ def test_untracked_people_are_labelled_by_index() -> None:
     assert label_values(Detections(np.zeros((1, 4)), [1.0], [70000])).tolist() == [70000 - 65535]
 
 
-def _result(index: int, masks: PersonMasks | None, hw: tuple[int, int], dets: Detections | None = None) -> FrameResult:
-    frame = Frame(index, np.zeros((*hw, 3), np.uint8), pts=index * 100, time_base=Fraction(1, 1000), capture_time=1e9 + index)
-    d = masks.detections if masks is not None else (dets if dets is not None else Detections.empty())
+def _result(
+    index: int, masks: PersonMasks | None, hw: tuple[int, int], dets: Detections | None = None
+) -> FrameResult:
+    frame = Frame(
+        index,
+        np.zeros((*hw, 3), np.uint8),
+        pts=index * 100,
+        time_base=Fraction(1, 1000),
+        capture_time=1e9 + index,
+    )
+    d = (
+        masks.detections
+        if masks is not None
+        else (dets if dets is not None else Detections.empty())
+    )
     return FrameResult(frame, d, masks, timings={"detect": 0.01 * (index + 1), "segment": 0.02})
 
 
@@ -152,7 +178,12 @@ def test_events_match_boxes_and_mask_files(tmp_path: Path) -> None:
     events = [json.loads(x) for x in ev.outputs[0].read_text().splitlines()]
     rles = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
     e = events[0]
-    assert e["frame"] == 5 and e["pts"] == 500 and e["time"] == pytest.approx(0.5) and e["capture_time"] == pytest.approx(1e9 + 5)
+    assert (
+        e["frame"] == 5
+        and e["pts"] == 500
+        and e["time"] == pytest.approx(0.5)
+        and e["capture_time"] == pytest.approx(1e9 + 5)
+    )
     assert e["boxes"] == masks.detections.xyxy.tolist() and e["track_ids"] == [7, 3]
     assert e["scores"] == pytest.approx([0.8, 0.6])
     assert e["mask_areas"] == [i["area"] for i in rles[0]["instances"]]

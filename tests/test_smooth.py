@@ -28,7 +28,9 @@ def _noisy_sequence(n: int, seed: int = 0) -> list[PersonMasks]:
     out = []
     for t in range(n):
         box = np.array([[100 + 2 * t, 60, 196 + 2 * t, 316]], np.float32)
-        prob = np.clip(0.15 + 0.7 * truth + rng.normal(0, 0.3, truth.shape), 0, 1).astype(np.float32)
+        prob = np.clip(0.15 + 0.7 * truth + rng.normal(0, 0.3, truth.shape), 0, 1).astype(
+            np.float32
+        )
         det = Detections(box, np.array([0.9]), np.array([1]))
         out.append(PersonMasks(det, prob[None], np.array([0.9], np.float32)))
     return out
@@ -112,7 +114,9 @@ def test_flicker_meter_counts_only_consecutive_frames() -> None:
     assert meter.update(pm, FRAME_HW, 0) == {}
     assert meter.update(pm, FRAME_HW, 1) == {3: 1.0}
     assert meter.update(pm, FRAME_HW, 5) == {}  # gap (dropped frames): not a pair
-    moved = PersonMasks(Detections(box + [12, 0, 12, 0], [0.9], [3]), grid, np.array([0.9], np.float32))
+    moved = PersonMasks(
+        Detections(box + [12, 0, 12, 0], [0.9], [3]), grid, np.array([0.9], np.float32)
+    )
     iou = meter.update(moved, FRAME_HW, 6)[3]
     assert 0.2 < iou < 0.8
     s = meter.summary()

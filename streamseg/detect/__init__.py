@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from streamseg.errors import UserError
 
 from .base import Detector
 
-__all__ = ["Detector", "DETECTOR_TYPES", "create_detector", "detector_options"]
+__all__ = ["DETECTOR_TYPES", "Detector", "create_detector", "detector_options"]
 
 
 def _yolo() -> Callable[..., Detector]:
@@ -41,7 +42,9 @@ DETECTOR_TYPES: dict[str, Callable[[], Callable[..., Detector]]] = {
 def detector_options(type: str) -> dict[str, Any]:
     """The keyword options a detector type accepts, with defaults (``inspect.Parameter.empty`` if required)."""
     if type not in DETECTOR_TYPES:
-        raise UserError(f"detector.type: unknown '{type}'; allowed: {', '.join(sorted(DETECTOR_TYPES))}")
+        raise UserError(
+            f"detector.type: unknown '{type}'; allowed: {', '.join(sorted(DETECTOR_TYPES))}"
+        )
     sig = inspect.signature(DETECTOR_TYPES[type]().__init__)
     return {n: p.default for n, p in sig.parameters.items() if n != "self"}
 

@@ -54,12 +54,14 @@ def ultralytics_offline() -> None:
     os.environ.setdefault("YOLO_AUTOINSTALL", "false")
     import ultralytics.utils as uu
 
-    dict.__setitem__(uu.SETTINGS, "sync", False)  # in memory; SETTINGS[...] = would rewrite the file
+    dict.__setitem__(
+        uu.SETTINGS, "sync", False
+    )  # in memory; SETTINGS[...] = would rewrite the file
     try:
         from ultralytics.utils import events
 
         events.events.enabled = False
-    except Exception:  # pragma: no cover - module layout differs between ultralytics versions
+    except Exception:  # noqa: BLE001  # pragma: no cover - module layout differs between ultralytics versions
         log.debug("ultralytics events module not found; nothing to disable")
     _OFFLINE_DONE = True
 
@@ -81,7 +83,7 @@ class _TrackerInput:
     def __len__(self) -> int:
         return len(self.xyxy)
 
-    def __getitem__(self, keep: Any) -> "_TrackerInput":
+    def __getitem__(self, keep: Any) -> _TrackerInput:
         return _TrackerInput(self.xyxy[keep], self.conf[keep], self.cls[keep])
 
 
@@ -118,7 +120,9 @@ class ByteTrackIds:
         """Return ``dets`` with track IDs from this frame's tracker update."""
         n = len(dets)
         inp = _TrackerInput(
-            dets.xyxy.astype(np.float32), dets.scores.astype(np.float32), dets.class_ids.astype(np.float32)
+            dets.xyxy.astype(np.float32),
+            dets.scores.astype(np.float32),
+            dets.class_ids.astype(np.float32),
         )
         out = self._tracker.update(inp, None)
         ids = np.full(n, -1, np.int64)

@@ -78,7 +78,9 @@ def _read_csv(path: Path) -> dict[int, dict[str, list]]:
                 continue  # header
             try:
                 if not 5 <= len(row) <= 7:
-                    raise ValueError(f"expected frame,x1,y1,x2,y2[,score[,track_id]], got {len(row)} fields")
+                    raise ValueError(
+                        f"expected frame,x1,y1,x2,y2[,score[,track_id]], got {len(row)} fields"
+                    )
                 fi = int(row[0])
                 if fi < 0:
                     raise ValueError(f"frame must be >= 0, got {fi}")
@@ -98,14 +100,18 @@ def read_boxes_file(path: str | Path) -> dict[int, Detections]:
     """Parse a whole boxes file up front so a bad line stops the run before it starts."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise UserError(f"detector.path: boxes file '{p}' not found (JSON lines .jsonl or CSV .csv)")
+        raise UserError(
+            f"detector.path: boxes file '{p}' not found (JSON lines .jsonl or CSV .csv)"
+        )
     suffix = p.suffix.lower()
     if suffix in (".jsonl", ".json", ".ndjson"):
         raw = _read_jsonl(p)
     elif suffix in (".csv", ".txt"):
         raw = _read_csv(p)
     else:
-        raise UserError(f"detector.path: '{p}' has unknown extension '{suffix}'; allowed: .jsonl, .json, .ndjson, .csv, .txt")
+        raise UserError(
+            f"detector.path: '{p}' has unknown extension '{suffix}'; allowed: .jsonl, .json, .ndjson, .csv, .txt"
+        )
     out: dict[int, Detections] = {}
     for fi, e in raw.items():
         ids = e["ids"]
@@ -113,7 +119,9 @@ def read_boxes_file(path: str | Path) -> dict[int, Detections]:
             track_ids = np.full(len(ids), -1, np.int64)
         else:
             track_ids = np.asarray(ids, np.int64)
-        out[fi] = Detections(np.asarray(e["boxes"], np.float32), np.asarray(e["scores"], np.float32), track_ids)
+        out[fi] = Detections(
+            np.asarray(e["boxes"], np.float32), np.asarray(e["scores"], np.float32), track_ids
+        )
     return out
 
 
@@ -124,21 +132,29 @@ class BoxesFileDetector:
     ultralytics' BYTETracker assigns them.
     """
 
-    def __init__(self, path: str | Path, tracker: str | None = "bytetrack", min_score: float = 0.0) -> None:
+    def __init__(
+        self, path: str | Path, tracker: str | None = "bytetrack", min_score: float = 0.0
+    ) -> None:
         if tracker is not None and str(tracker).lower() not in ("bytetrack", "none", "off", ""):
-            raise UserError(f"detector.tracker: '{tracker}' is not available for boxes_file; allowed: bytetrack, none")
+            raise UserError(
+                f"detector.tracker: '{tracker}' is not available for boxes_file; allowed: bytetrack, none"
+            )
         self.path = Path(path).expanduser()
         self.frames = read_boxes_file(self.path)
         self.min_score = float(min_score)
         self.file_has_ids = bool(self.frames) and all(
             len(d) == 0 or bool((d.track_ids >= 0).all()) for d in self.frames.values()
         )
-        use_tracker = not self.file_has_ids and tracker is not None and str(tracker).lower() == "bytetrack"
+        use_tracker = (
+            not self.file_has_ids and tracker is not None and str(tracker).lower() == "bytetrack"
+        )
         self._ids = ByteTrackIds() if use_tracker else None
         self.tracks = self.file_has_ids or self._ids is not None
         log.info(
             "boxes_file %s: %d frames, %d boxes, ids from %s",
-            self.path, len(self.frames), sum(len(d) for d in self.frames.values()),
+            self.path,
+            len(self.frames),
+            sum(len(d) for d in self.frames.values()),
             "file" if self.file_has_ids else ("ByteTrack" if self._ids else "nowhere (untracked)"),
         )
 
@@ -148,11 +164,18 @@ class BoxesFileDetector:
             dets = Detections.empty()
         else:
             dets = dets.select(dets.scores >= self.min_score)
-            dets = Detections(clip_boxes(dets.xyxy, frame.height, frame.width), dets.scores, dets.track_ids, dets.class_ids)
+            dets = Detections(
+                clip_boxes(dets.xyxy, frame.height, frame.width),
+                dets.scores,
+                dets.track_ids,
+                dets.class_ids,
+            )
         if self._ids is not None:
             dets = self._ids.assign(dets)
         elif not self.file_has_ids:
-            dets = Detections(dets.xyxy, dets.scores, np.full(len(dets), -1, np.int64), dets.class_ids)
+            dets = Detections(
+                dets.xyxy, dets.scores, np.full(len(dets), -1, np.int64), dets.class_ids
+            )
         return dets
 
     def reset(self) -> None:
@@ -169,7 +192,11 @@ def write_boxes_jsonl(path: str | Path, per_frame: dict[int, Detections]) -> Pat
     with p.open("w", encoding="utf-8") as f:
         for fi in sorted(per_frame):
             d = per_frame[fi]
-            rec: dict[str, Any] = {"frame": int(fi), "boxes": d.xyxy.tolist(), "scores": d.scores.tolist()}
+            rec: dict[str, Any] = {
+                "frame": int(fi),
+                "boxes": d.xyxy.tolist(),
+                "scores": d.scores.tolist(),
+            }
             if len(d) and (d.track_ids >= 0).all():
                 rec["track_ids"] = d.track_ids.tolist()
             f.write(json.dumps(rec) + "\n")

@@ -49,7 +49,9 @@ class HogDetector:
                 "install opencv-python<5 or use detector.type=yolo"
             )
         if int(win_stride) < 1 or int(padding) < 0:
-            raise UserError(f"detector.win_stride must be >= 1 and detector.padding >= 0 (got {win_stride}, {padding})")
+            raise UserError(
+                f"detector.win_stride must be >= 1 and detector.padding >= 0 (got {win_stride}, {padding})"
+            )
         if not float(scale) > 1.0:
             raise UserError(f"detector.scale must be > 1.0 (pyramid step), got {scale}")
         if not 0.1 <= float(upscale) <= 8.0:
@@ -57,7 +59,9 @@ class HogDetector:
         if not 0.0 < float(nms_iou) <= 1.0:
             raise UserError(f"detector.nms_iou must be in (0, 1], got {nms_iou}")
         if tracker is not None and str(tracker).lower() not in ("bytetrack", "none", "off", ""):
-            raise UserError(f"detector.tracker: '{tracker}' is not available for hog; allowed: bytetrack, none")
+            raise UserError(
+                f"detector.tracker: '{tracker}' is not available for hog; allowed: bytetrack, none"
+            )
         self.hog = cv2.HOGDescriptor()
         self.hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
         self.win_stride = (int(win_stride), int(win_stride))
@@ -86,7 +90,9 @@ class HogDetector:
             scale=self.scale,
             groupThreshold=self.group_threshold,
         )
-        dets = self._to_detections(np.asarray(rects).reshape(-1, 4), np.asarray(weights).reshape(-1), frame)
+        dets = self._to_detections(
+            np.asarray(rects).reshape(-1, 4), np.asarray(weights).reshape(-1), frame
+        )
         return self._ids.assign(dets) if self._ids is not None else dets
 
     def _to_detections(self, rects: np.ndarray, weights: np.ndarray, frame: Frame) -> Detections:
@@ -97,7 +103,10 @@ class HogDetector:
         if len(rects) == 0:
             return Detections.empty()
         idx = cv2.dnn.NMSBoxes(
-            [[int(v) for v in r] for r in rects], [float(w) for w in weights], float(self.min_score), self.nms_iou
+            [[int(v) for v in r] for r in rects],
+            [float(w) for w in weights],
+            float(self.min_score),
+            self.nms_iou,
         )
         idx = np.asarray(idx, np.int64).reshape(-1)
         rects, weights = rects[idx].astype(np.float32), weights[idx].astype(np.float32)

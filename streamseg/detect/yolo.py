@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -36,10 +37,14 @@ def resolve_weights(weights: str | Path, allow_download: bool = True) -> str:
     if path.is_file():
         return str(path)
     if path.suffix.lower() in (".yaml", ".yml"):
-        return text  # a model config (random weights); YOLO() resolves package names like yolov8n.yaml
+        return (
+            text  # a model config (random weights); YOLO() resolves package names like yolov8n.yaml
+        )
     hint = f"download it on a connected machine and set detector.weights=/path/to/{path.name}"
     if path.is_dir():
-        raise UserError(f"detector.weights: '{text}' is a directory, expected a weights file; {hint}")
+        raise UserError(
+            f"detector.weights: '{text}' is a directory, expected a weights file; {hint}"
+        )
     cached = Path(SETTINGS["weights_dir"]) / path.name
     if path.name == text and cached.is_file():
         return str(cached)
@@ -48,20 +53,26 @@ def resolve_weights(weights: str | Path, allow_download: bool = True) -> str:
     if path.name != text:
         raise UserError(f"detector.weights: file '{text}' not found; {hint}")
     if path.name not in GITHUB_ASSETS_NAMES:
-        raise UserError(f"detector.weights: file '{text}' not found and is not a downloadable ultralytics name; {hint}")
+        raise UserError(
+            f"detector.weights: file '{text}' not found and is not a downloadable ultralytics name; {hint}"
+        )
     if not allow_download:
-        raise UserError(f"detector.weights: '{text}' is not a local file and downloads are off; {hint}")
+        raise UserError(
+            f"detector.weights: '{text}' is not a local file and downloads are off; {hint}"
+        )
     log.info("detector weights %s not found locally; trying ultralytics' download", text)
     folder_existed = cached.parent.exists()
     try:
         got: Path | None = Path(attempt_download_asset(cached, retry=1))
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any failure means: tell the user to supply a file
         log.debug("download of %s failed: %s", text, e)
         got = None
     if got is None or not got.is_file():
         if not folder_existed and cached.parent.is_dir() and not any(cached.parent.iterdir()):
             cached.parent.rmdir()  # ultralytics made the folder before failing; leave no trace
-        raise UserError(f"detector.weights: '{text}' is not a local file and downloading it failed (offline?); {hint}")
+        raise UserError(
+            f"detector.weights: '{text}' is not a local file and downloading it failed (offline?); {hint}"
+        )
     return str(got)
 
 
@@ -69,13 +80,17 @@ def resolve_classes(classes: Sequence[int | str] | int | str, names: dict[int, s
     """Map class ids or names (case-insensitive) onto the model's class ids, so custom models work."""
     items = [classes] if isinstance(classes, (int, str)) else list(classes)
     if not items:
-        raise UserError("detector.classes is empty; give the person class by id or name, e.g. [person] or [0]")
+        raise UserError(
+            "detector.classes is empty; give the person class by id or name, e.g. [person] or [0]"
+        )
     by_name = {str(v).lower(): int(k) for k, v in names.items()}
     out: list[int] = []
     for c in items:
         if isinstance(c, (int, np.integer)) and not isinstance(c, bool):
             if int(c) not in names:
-                raise UserError(f"detector.classes: id {c} is not a class of this model (ids 0..{len(names) - 1})")
+                raise UserError(
+                    f"detector.classes: id {c} is not a class of this model (ids 0..{len(names) - 1})"
+                )
             out.append(int(c))
             continue
         key = str(c).strip().lower()
@@ -131,28 +146,38 @@ class YoloDetector:
         try:
             self.model = YOLO(path)
         except FileNotFoundError as e:
-            raise UserError(f"detector.weights: model config '{path}' not found (neither a file nor an ultralytics config name)") from e
+            raise UserError(
+                f"detector.weights: model config '{path}' not found (neither a file nor an ultralytics config name)"
+            ) from e
         except Exception as e:
-            raise UserError(f"detector.weights: cannot load '{path}' as a YOLO model: {e}".splitlines()[0]) from e
+            raise UserError(
+                f"detector.weights: cannot load '{path}' as a YOLO model: {e}".splitlines()[0]
+            ) from e
         if path.lower().endswith((".yaml", ".yml")):
-            log.warning("detector.weights=%s builds YOLO with RANDOM weights: its boxes mean nothing", path)
+            log.warning(
+                "detector.weights=%s builds YOLO with RANDOM weights: its boxes mean nothing", path
+            )
         names = dict(self.model.names)
         self.classes = resolve_classes(classes, names)
         self.device = self._check_device(device)
-        self.kw: dict[str, Any] = dict(
-            conf=float(conf),
-            iou=float(iou),
-            imgsz=int(imgsz),
-            max_det=int(max_det),
-            device=self.device,
-            classes=self.classes,
-            verbose=False,
-        )
-        if half:  # ultralytics 8.4 replaced ``half`` with ``quantize=16`` (FP16 on CUDA, ignored on CPU)
+        self.kw: dict[str, Any] = {
+            "conf": float(conf),
+            "iou": float(iou),
+            "imgsz": int(imgsz),
+            "max_det": int(max_det),
+            "device": self.device,
+            "classes": self.classes,
+            "verbose": False,
+        }
+        if half:
+            # ultralytics 8.4 replaced ``half`` with ``quantize=16`` (FP16 on CUDA, ignored on CPU)
             self.kw.update({"quantize": 16} if _has_quantize() else {"half": True})
         log.info(
             "YOLO detector %s on %s, classes %s, tracker %s",
-            Path(path).name, self.device, [names[c] for c in self.classes], self.tracker_cfg,
+            Path(path).name,
+            self.device,
+            [names[c] for c in self.classes],
+            self.tracker_cfg,
         )
 
     @staticmethod
@@ -164,7 +189,9 @@ class YoloDetector:
             return f"{t.lower()}.yaml"
         if t.lower().endswith((".yaml", ".yml")) and Path(t).is_file():
             return t  # a user's own ultralytics tracker config
-        raise UserError(f"detector.tracker: unknown tracker '{tracker}'; allowed: bytetrack, botsort, none, or a tracker .yaml file")
+        raise UserError(
+            f"detector.tracker: unknown tracker '{tracker}'; allowed: bytetrack, botsort, none, or a tracker .yaml file"
+        )
 
     @staticmethod
     def _check_device(device: str | int) -> str:
@@ -175,12 +202,18 @@ class YoloDetector:
             return d
         if d.startswith("cuda") or d.isdigit():
             if not torch.cuda.is_available():
-                raise UserError(f"detector.device: '{device}' requested but CUDA is not available here; use detector.device=cpu")
+                raise UserError(
+                    f"detector.device: '{device}' requested but CUDA is not available here; use detector.device=cpu"
+                )
             idx = int(d.split(":", 1)[1]) if ":" in d else (int(d) if d.isdigit() else 0)
             if idx >= torch.cuda.device_count():
-                raise UserError(f"detector.device: '{device}' does not exist ({torch.cuda.device_count()} CUDA device(s))")
+                raise UserError(
+                    f"detector.device: '{device}' does not exist ({torch.cuda.device_count()} CUDA device(s))"
+                )
             return f"cuda:{idx}"
-        raise UserError(f"detector.device: '{device}' is not a device; allowed: cpu, cuda, cuda:N, mps")
+        raise UserError(
+            f"detector.device: '{device}' is not a device; allowed: cpu, cuda, cuda:N, mps"
+        )
 
     def detect(self, frame: Frame) -> Detections:
         """Run YOLO on one frame (RGB in, ultralytics wants BGR numpy) and keep persons only."""
@@ -200,7 +233,9 @@ class YoloDetector:
         else:
             ids = np.full(len(xyxy), -1, np.int64)
         keep = np.isin(cls, self.classes)
-        dets = Detections(clip_boxes(xyxy[keep], frame.height, frame.width), scores[keep], ids[keep], cls[keep])
+        dets = Detections(
+            clip_boxes(xyxy[keep], frame.height, frame.width), scores[keep], ids[keep], cls[keep]
+        )
         return dets
 
     def reset(self) -> None:

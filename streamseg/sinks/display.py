@@ -76,7 +76,9 @@ class DisplaySink:
         try:
             cv2.namedWindow(self.window, cv2.WINDOW_NORMAL)
         except cv2.error as e:
-            raise SinkError(f"display sink: cannot open a window: {str(e).strip().splitlines()[-1]}") from None
+            raise SinkError(
+                f"display sink: cannot open a window: {str(e).strip().splitlines()[-1]}"
+            ) from None
         self._open = True
 
     @property

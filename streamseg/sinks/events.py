@@ -60,7 +60,9 @@ def frame_event(result: FrameResult, threshold: float | None = None) -> dict[str
 class EventsSink:
     """Appends ``frame_event`` records to a JSON-lines file, flushed every frame so a crash keeps them."""
 
-    def __init__(self, path: str | Path, threshold: float | None = None, out_dir: str | Path | None = None) -> None:
+    def __init__(
+        self, path: str | Path, threshold: float | None = None, out_dir: str | Path | None = None
+    ) -> None:
         self.path = resolve_output(path, out_dir)
         self.threshold = threshold
         self.frames_written = 0
@@ -90,7 +92,7 @@ class EventsSink:
             self._fh = None
             log.info("events sink: %d frames -> %s", self.frames_written, self.path)
 
-    def __enter__(self) -> "EventsSink":
+    def __enter__(self) -> EventsSink:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -31,7 +31,9 @@ def resolve_output(path: str | Path, out_dir: str | Path | None) -> Path:
     return p
 
 
-def encode_rle(crop_mask: np.ndarray, x0: int, y0: int, frame_hw: tuple[int, int]) -> dict[str, Any]:
+def encode_rle(
+    crop_mask: np.ndarray, x0: int, y0: int, frame_hw: tuple[int, int]
+) -> dict[str, Any]:
     """COCO RLE (pycocotools) of a boolean crop placed in the frame; ``counts`` as a str for JSON."""
     from pycocotools import mask as mask_util
 
@@ -39,10 +41,13 @@ def encode_rle(crop_mask: np.ndarray, x0: int, y0: int, frame_hw: tuple[int, int
     full = np.zeros((H, W), np.uint8, order="F")
     h, w = crop_mask.shape
     if h and w:
-        full[y0:y0 + h, x0:x0 + w] = crop_mask
+        full[y0 : y0 + h, x0 : x0 + w] = crop_mask
     rle = mask_util.encode(full)
     counts = rle["counts"]
-    return {"size": [H, W], "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+    return {
+        "size": [H, W],
+        "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
+    }
 
 
 class MaskFilesSink:
@@ -75,7 +80,9 @@ class MaskFilesSink:
                 self.rle_path.parent.mkdir(parents=True, exist_ok=True)
                 self._fh = self.rle_path.open("w", encoding="utf-8")
         except OSError as e:
-            raise SinkError(f"masks sink: cannot write {e.filename or self.png_dir}: {e.strerror or e}") from None
+            raise SinkError(
+                f"masks sink: cannot write {e.filename or self.png_dir}: {e.strerror or e}"
+            ) from None
 
     @property
     def outputs(self) -> list[Path]:
@@ -114,7 +121,9 @@ class MaskFilesSink:
                 }
                 if bins:
                     x0, y0, m = bins[i]
-                    rec["mask_score"] = round(float(masks.scores[i]), 5) if masks is not None else None
+                    rec["mask_score"] = (
+                        round(float(masks.scores[i]), 5) if masks is not None else None
+                    )
                     rec["area"] = int(np.count_nonzero(m))
                     rec["rle"] = encode_rle(m, x0, y0, hw)
                 else:
@@ -140,9 +149,11 @@ class MaskFilesSink:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
-        log.info("masks sink: %d frames -> %s", self.frames_written, ", ".join(map(str, self.outputs)))
+        log.info(
+            "masks sink: %d frames -> %s", self.frames_written, ", ".join(map(str, self.outputs))
+        )
 
-    def __enter__(self) -> "MaskFilesSink":
+    def __enter__(self) -> MaskFilesSink:
         return self
 
     def __exit__(self, *exc: object) -> None:
