@@ -159,8 +159,9 @@ class AvSource(VideoSource):
             raise
         except av.error.InvalidDataError as exc:
             took = time.monotonic() - t0
-            if self.kind in ("rtsp", "http") and took >= self.open_timeout_s * 0.9:
-                raise TimeoutError(f"no answer within {self.open_timeout_s:g} s") from exc
+            # the socket timeout (read_timeout_s) or PyAV's open timeout fired
+            if self.kind in ("rtsp", "http") and took >= 0.9 * min(self.open_timeout_s, self.read_timeout_s):
+                raise TimeoutError(f"no answer within {took:.1f} s") from exc
             if self.kind == "file":
                 raise SourceError(f"video file {redact(self._target)} cannot be read: {exc.strerror}") from None
             raise

@@ -180,7 +180,8 @@ class _Timeline:
             src_tb = Fraction(tb) if tb else self.out_tb
             conv = pts if src_tb == self.out_tb else round(pts * src_tb / self.out_tb)
         if conv is None:
-            out = 0 if self.last is None else self.last + self.frame_dur
+            # no timestamp (first RTSP frame): extrapolate; at a segment start include the gap
+            out = self._anchor(wall) if self.offset is None or self.last is None else self.last + self.frame_dur
         else:
             if self.offset is None:
                 self.offset = self._anchor(wall) - conv
