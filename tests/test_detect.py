@@ -94,6 +94,18 @@ def test_hog_track_ids_persist_over_frames(vtest_400: list[Frame]) -> None:
     )  # IDs restart after reset
 
 
+@pytest.mark.parametrize("hw", [(96, 128), (10, 10), (127, 400), (400, 63)])
+def test_hog_frames_smaller_than_its_window(hw: tuple[int, int]) -> None:
+    """OpenCV 4.x segfaults on images smaller than the 64x128 window: the detector must not call it."""
+    for kw in ({}, {"upscale": 0.5}):
+        d = create_detector("hog", **kw).detect(Frame(0, np.zeros((*hw, 3), np.uint8)))
+        assert len(d) == 0 and d.xyxy.shape == (0, 4)
+    assert (
+        len(create_detector("hog", upscale=0.2).detect(Frame(0, np.zeros((576, 768, 3), np.uint8))))
+        == 0
+    )
+
+
 def test_hog_untracked_and_upscale(vtest_400: list[Frame]) -> None:
     base = create_detector("hog", tracker=None)
     assert base.tracks is False
@@ -273,3 +285,52 @@ def test_yolo_bad_tracker_and_device() -> None:
         create_detector("yolo", weights="yolov8n.yaml", classes=[0], tracker="sort")
     with pytest.raises(UserError, match="detector.device"):
         create_detector("yolo", weights="yolov8n.yaml", classes=[0], device="tpu")
+
+
+def test_detector_from_config_sections(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from streamseg.detect import detector_from_config
+
+    hog_cfg = SimpleNamespace(
+        type="hog",
+        tracker="none",
+        hog=SimpleNamespace(
+            win_stride=16, padding=8, scale=1.1, upscale=1.0, hit_threshold=0.2, nms_iou=0.3
+        ),
+    )
+    det = detector_from_config(hog_cfg)
+    assert det.tracks is False and det.win_stride == (16, 16) and det.hit_threshold == 0.2
+    p = tmp_path / "b.jsonl"
+    p.write_text('{"frame": 0, "boxes": [[1, 2, 3, 4]], "track_ids": [5]}\n')
+    det = detector_from_config(
+        SimpleNamespace(type="boxes_file", boxes_file=str(p), tracker="bytetrack")
+    )
+    assert det.detect(Frame(0, np.zeros((10, 10, 3), np.uint8))).track_ids.tolist() == [5]
+    with pytest.raises(UserError, match="detector.tracker: 'botsort' needs detector.type=yolo"):
+        detector_from_config(SimpleNamespace(type="hog", tracker="botsort", hog=SimpleNamespace()))
+
+
+def test_detectors_make_no_network_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building and running detectors (ultralytics included) must not open a single connection."""
+    import socket
+
+    attempts: list[object] = []
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        attempts.append(args)
+        raise OSError("network disabled by test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    img = np.zeros((96, 128, 3), np.uint8)
+    cfg = tmp_path / "track.yaml"
+    cfg.write_text(TRACKER_YAML)
+    yolo = create_detector(
+        "yolo", weights="yolov8n.yaml", conf=1e-6, imgsz=64, classes=[0], tracker=str(cfg)
+    )
+    hog = create_detector("hog")
+    for i in range(2):
+        yolo.detect(Frame(i, img))
+        hog.detect(Frame(i, img))
+    assert attempts == []

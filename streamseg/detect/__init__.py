@@ -10,7 +10,13 @@ from streamseg.errors import UserError
 
 from .base import Detector
 
-__all__ = ["DETECTOR_TYPES", "Detector", "create_detector", "detector_options"]
+__all__ = [
+    "DETECTOR_TYPES",
+    "Detector",
+    "create_detector",
+    "detector_from_config",
+    "detector_options",
+]
 
 
 def _yolo() -> Callable[..., Detector]:
@@ -61,3 +67,41 @@ def create_detector(type: str, **kwargs: Any) -> Detector:
     if missing:
         raise UserError(f"detector.{missing[0]} is required for detector.type={type}")
     return DETECTOR_TYPES[type]()(**kwargs)
+
+
+def detector_from_config(cfg: Any, device: str | None = None) -> Detector:
+    """Build the detector from the pipeline's ``detector`` section (streamseg.config.DetectorConfig).
+
+    ``device`` replaces ``detector.device=auto`` (the runtime's device). Read by attribute, so any
+    object with the same field names works.
+    """
+    kind = str(cfg.type)
+    tracker = getattr(cfg, "tracker", "bytetrack")
+    tracker = None if tracker is None or str(tracker).lower() == "none" else str(tracker)
+    if kind == "yolo":
+        dev = str(getattr(cfg, "device", "auto"))
+        if dev == "auto" and device is not None:
+            dev = device
+        return create_detector(
+            "yolo",
+            weights=cfg.weights,
+            conf=cfg.conf,
+            iou=cfg.iou,
+            imgsz=cfg.imgsz,
+            max_det=cfg.max_det,
+            device=dev,
+            half=cfg.half,
+            classes=list(cfg.classes),
+            tracker=tracker,
+        )
+    if tracker is not None and tracker != "bytetrack":
+        raise UserError(
+            f"detector.tracker: '{tracker}' needs detector.type=yolo; {kind} allows bytetrack or none"
+        )
+    if kind == "hog":
+        hog = cfg.hog
+        opts = {k: getattr(hog, k) for k in detector_options("hog") if hasattr(hog, k)}
+        return create_detector("hog", tracker=tracker, **opts)
+    if kind == "boxes_file":
+        return create_detector("boxes_file", path=cfg.boxes_file, tracker=tracker)
+    return create_detector(kind)  # unknown type: one-line error from the registry

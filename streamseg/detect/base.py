@@ -57,6 +57,12 @@ def ultralytics_offline() -> None:
     dict.__setitem__(
         uu.SETTINGS, "sync", False
     )  # in memory; SETTINGS[...] = would rewrite the file
+    # if something imported ultralytics before us, ONLINE was already probed: force it off where read
+    import ultralytics.utils.checks as uchecks
+
+    for mod in (uu, uchecks):
+        if getattr(mod, "ONLINE", False):
+            mod.ONLINE = False
     try:
         from ultralytics.utils import events
 

@@ -82,6 +82,14 @@ class HogDetector:
         if self.upscale != 1.0:
             interp = cv2.INTER_LINEAR if self.upscale > 1 else cv2.INTER_AREA
             bgr = cv2.resize(bgr, None, fx=self.upscale, fy=self.upscale, interpolation=interp)
+        win_w, win_h = self.hog.winSize
+        if bgr.shape[0] < win_h or bgr.shape[1] < win_w:
+            # smaller than one detection window: nobody fits, and OpenCV 4.x crashes on such images
+            return (
+                self._ids.assign(Detections.empty())
+                if self._ids is not None
+                else Detections.empty()
+            )
         rects, weights = self.hog.detectMultiScale(
             bgr,
             hitThreshold=self.hit_threshold,

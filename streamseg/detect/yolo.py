@@ -200,6 +200,8 @@ class YoloDetector:
         d = str(device).strip().lower()
         if d in ("cpu", "mps"):
             return d
+        if d == "auto":
+            return "cuda:0" if torch.cuda.is_available() else "cpu"
         if d.startswith("cuda") or d.isdigit():
             if not torch.cuda.is_available():
                 raise UserError(
