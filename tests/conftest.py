@@ -72,9 +72,18 @@ class RtspRelay:
 
     def start(self) -> "RtspRelay":
         self.proc = subprocess.Popen(
-            [SYSTEM_PYTHON, str(self.script), "--host", "127.0.0.1", "--port", str(self.port),
-             "--paths", RELAY_PATHS],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                SYSTEM_PYTHON,
+                str(self.script),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--paths",
+                RELAY_PATHS,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         if not wait_port(self.port):
             self.stop(kill=True)
@@ -101,8 +110,11 @@ class LoopPublisher:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "LoopPublisher":
-        self.proc = subprocess.Popen([sys.executable, str(self.script), "loop", self.url, str(self.clip)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(self.script), "loop", self.url, str(self.clip)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         return self
 
     def stop(self, kill: bool = False) -> None:
@@ -118,8 +130,16 @@ def wait_readable(url: str, timeout: float = 20.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with av.open(url, options={"rtsp_transport": "tcp", "timeout": "3000000", "analyzeduration": "0",
-                                       "probesize": "32768"}, timeout=(5, 5)) as c:
+            with av.open(
+                url,
+                options={
+                    "rtsp_transport": "tcp",
+                    "timeout": "3000000",
+                    "analyzeduration": "0",
+                    "probesize": "32768",
+                },
+                timeout=(5, 5),
+            ) as c:
                 for _ in c.decode(video=0):
                     return True
         except Exception:  # noqa: BLE001 - not up yet
@@ -129,22 +149,30 @@ def wait_readable(url: str, timeout: float = 20.0) -> bool:
 
 @pytest.fixture(scope="session")
 def rtsp_tools() -> dict[str, Path]:
-    """Paths of the relay, the publisher and the looped clip; skip/fail when GStreamer is missing."""
+    """Paths of the relay, publisher and looped clip; skip/fail when GStreamer is missing."""
     relay = shared_file("tools", "rtsp_relay.py")
     publisher = shared_file("tools", "publish_loop.py")
     clip = shared_file("data", "pedestrians_10s.mp4")
     if not Path(SYSTEM_PYTHON).exists():
         _missing(f"{SYSTEM_PYTHON} is missing (the RTSP relay runs on the system python with gi)")
     probe = subprocess.run(
-        [SYSTEM_PYTHON, "-c",
-         "import gi; gi.require_version('Gst','1.0'); gi.require_version('GstRtspServer','1.0');"
-         "from gi.repository import Gst, GstRtspServer; Gst.init(None);"
-         "assert all(Gst.ElementFactory.find(e) for e in ('rtph264depay','rtph264pay','h264parse'))"],
-        capture_output=True, text=True, timeout=60,
+        [
+            SYSTEM_PYTHON,
+            "-c",
+            "import gi; gi.require_version('Gst','1.0'); gi.require_version('GstRtspServer','1.0');"
+            "from gi.repository import Gst, GstRtspServer; Gst.init(None);"
+            "assert all(Gst.ElementFactory.find(e) for e in "
+            "('rtph264depay','rtph264pay','h264parse'))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     if probe.returncode != 0:
-        _missing("GStreamer RTSP server (python3-gi, gir1.2-gst-rtsp-server-1.0, gstreamer1.0-plugins-good/bad)"
-                 " is not installed")
+        _missing(
+            "GStreamer RTSP server (python3-gi, gir1.2-gst-rtsp-server-1.0, "
+            "gstreamer1.0-plugins-good/bad) is not installed"
+        )
     return {"relay": relay, "publisher": publisher, "clip": clip}
 
 
@@ -161,7 +189,9 @@ def rtsp_server(rtsp_tools: dict[str, Path]) -> Iterator[RtspRelay]:
 @pytest.fixture(scope="session")
 def rtsp_camera(rtsp_server: RtspRelay, rtsp_tools: dict[str, Path]) -> Iterator[str]:
     """URL of a 'camera': the pedestrian clip (768x576, 10 fps) looped in real time."""
-    pub = LoopPublisher(rtsp_tools["publisher"], rtsp_server.publish_url("live"), rtsp_tools["clip"]).start()
+    pub = LoopPublisher(
+        rtsp_tools["publisher"], rtsp_server.publish_url("live"), rtsp_tools["clip"]
+    ).start()
     try:
         if not wait_readable(rtsp_server.read_url("live")):
             raise RuntimeError("looping RTSP publisher did not come up")

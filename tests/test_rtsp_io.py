@@ -28,8 +28,16 @@ def _read_frames(url: str, want: int, timeout: float) -> list[tuple[float, int, 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and len(got) < want:
         try:
-            with av.open(url, options={"rtsp_transport": "tcp", "timeout": "2000000", "analyzeduration": "0",
-                                       "probesize": "32768"}, timeout=(3, 2)) as c:
+            with av.open(
+                url,
+                options={
+                    "rtsp_transport": "tcp",
+                    "timeout": "2000000",
+                    "analyzeduration": "0",
+                    "probesize": "32768",
+                },
+                timeout=(3, 2),
+            ) as c:
                 for f in c.decode(video=0):
                     got.append((time.time(), f.width, f.height))
                     if len(got) >= want or time.monotonic() > deadline:
@@ -58,7 +66,9 @@ def test_dead_url_at_start_fails_within_timeout_without_password() -> None:
         blackhole.bind(("127.0.0.1", 0))
         blackhole.listen(4)
         url = f"rtsp://admin:secret@127.0.0.1:{blackhole.getsockname()[1]}/cam"
-        src = open_source(url, open_timeout_s=1.5, read_timeout_s=1.0, reconnect=ReconnectPolicy(enabled=False))
+        src = open_source(
+            url, open_timeout_s=1.5, read_timeout_s=1.0, reconnect=ReconnectPolicy(enabled=False)
+        )
         t = time.monotonic()
         with pytest.raises(SourceError) as ei:
             src.start()
@@ -69,17 +79,25 @@ def test_dead_url_at_start_fails_within_timeout_without_password() -> None:
     assert "no answer within" in msg
 
 
-def test_dead_url_with_reconnect_retries_quietly_until_stopped(caplog: pytest.LogCaptureFixture) -> None:
+def test_dead_url_with_reconnect_retries_quietly_until_stopped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.DEBUG)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: connection refused
     url = f"rtsp://user:secret@127.0.0.1:{port}/cam"
-    src = open_source(url, open_timeout_s=2, reconnect=ReconnectPolicy(backoff_base_s=0.05, backoff_max_s=0.2))
+    src = open_source(
+        url, open_timeout_s=2, reconnect=ReconnectPolicy(backoff_base_s=0.05, backoff_max_s=0.2)
+    )
     src.start()  # does not raise: live + reconnect
     assert src.read(timeout=1.0) is None and not src.ended
     st = src.stats
-    assert len(st.outages) == 1 and st.outages[0]["end"] is None and "open failed" in st.outages[0]["reason"]
+    assert (
+        len(st.outages) == 1
+        and st.outages[0]["end"] is None
+        and "open failed" in st.outages[0]["reason"]
+    )
     t = time.monotonic()
     src.stop()
     assert src.read() is None and src.ended
@@ -97,8 +115,13 @@ def test_reconnect_after_publisher_restart(rtsp_server, publisher_factory) -> No
 
     pub = publisher_factory(rtsp_server.publish_url("recon"))
     assert wait_readable(rtsp_server.read_url("recon"))
-    src = open_source(rtsp_server.read_url("recon", "cam:secret@"), queue_size=2, open_timeout_s=3,
-                      read_timeout_s=2, reconnect=FAST)
+    src = open_source(
+        rtsp_server.read_url("recon", "cam:secret@"),
+        queue_size=2,
+        open_timeout_s=3,
+        read_timeout_s=2,
+        reconnect=FAST,
+    )
     src.start()
     frames: list[tuple[float, Frame]] = []
     t0 = time.monotonic()
@@ -142,11 +165,21 @@ def test_rtsp_in_to_rtsp_out(rtsp_camera: str, rtsp_server) -> None:
     with open_source(rtsp_camera, queue_size=2, open_timeout_s=5) as src:
         first = src.read(timeout=5)
         assert first is not None
-        sink = RtspSink(rtsp_server.publish_url("out"), width=src.info.width, height=src.info.height,
-                        fps=src.info.fps, reconnect=FAST, on_published=lambda fr, t: published.append(t))
+        sink = RtspSink(
+            rtsp_server.publish_url("out"),
+            width=src.info.width,
+            height=src.info.height,
+            fps=src.info.fps,
+            reconnect=FAST,
+            on_published=lambda fr, t: published.append(t),
+        )
         reader_frames: list[tuple[float, int, int]] = []
-        reader = threading.Thread(target=lambda: reader_frames.extend(
-            _read_frames(rtsp_server.read_url("out"), want=15, timeout=10)), daemon=True)
+        reader = threading.Thread(
+            target=lambda: reader_frames.extend(
+                _read_frames(rtsp_server.read_url("out"), want=15, timeout=10)
+            ),
+            daemon=True,
+        )
         reader.start()
         t0 = time.monotonic()
         while reader.is_alive() and time.monotonic() - t0 < 12:
@@ -168,8 +201,14 @@ def test_rtsp_in_to_rtsp_out(rtsp_camera: str, rtsp_server) -> None:
 
 def test_rtsp_sink_survives_relay_restart(relay_factory) -> None:
     relay = relay_factory()
-    sink = RtspSink(relay.publish_url("relaytest"), width=320, height=240, fps=10, reconnect=FAST,
-                    mux_timeout_s=2.0)
+    sink = RtspSink(
+        relay.publish_url("relaytest"),
+        width=320,
+        height=240,
+        fps=10,
+        reconnect=FAST,
+        mux_timeout_s=2.0,
+    )
     img = np.zeros((240, 320, 3), np.uint8)
     tb = Fraction(1, 10)
     i = 0
@@ -179,7 +218,9 @@ def test_rtsp_sink_survives_relay_restart(relay_factory) -> None:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             img[:] = (i * 7) % 255
-            sink.write(Frame(index=i, image=img, pts=i, time_base=tb, capture_time=time.time()), img)
+            sink.write(
+                Frame(index=i, image=img, pts=i, time_base=tb, capture_time=time.time()), img
+            )
             i += 1
             time.sleep(0.1)
 
@@ -199,8 +240,10 @@ def test_rtsp_sink_survives_relay_restart(relay_factory) -> None:
         assert 2.0 < st.outages[0]["duration_s"] < 9.0
         published_before = st.frames_published
         got: list[tuple[float, int, int]] = []
-        reader = threading.Thread(target=lambda: got.extend(
-            _read_frames(relay.read_url("relaytest"), want=8, timeout=8)), daemon=True)
+        reader = threading.Thread(
+            target=lambda: got.extend(_read_frames(relay.read_url("relaytest"), want=8, timeout=8)),
+            daemon=True,
+        )
         reader.start()
         t = time.monotonic()
         while reader.is_alive() and time.monotonic() - t < 9:

@@ -22,8 +22,10 @@ def _lavfi_path(p) -> str:
     return s
 
 
-@pytest.mark.parametrize("name,count,tb", [("vtest.avi", 795, Fraction(1, 10)),
-                                           ("pedestrians_10s.mp4", 100, Fraction(1, 10240))])
+@pytest.mark.parametrize(
+    "name,count,tb",
+    [("vtest.avi", 795, Fraction(1, 10)), ("pedestrians_10s.mp4", 100, Fraction(1, 10240))],
+)
 def test_file_source_counts_pts_and_shape(name: str, count: int, tb: Fraction) -> None:
     path = shared_file("data", name)
     with open_source(str(path), queue_size=4) as src:
@@ -105,7 +107,9 @@ def test_live_policy_drops_oldest_and_counts() -> None:
 
 
 def test_stop_unblocks_reader_quickly() -> None:
-    src = open_source("testsrc2=size=64x48:rate=1/5,realtime=limit=10", format="lavfi", queue_size=1)
+    src = open_source(
+        "testsrc2=size=64x48:rate=1/5,realtime=limit=10", format="lavfi", queue_size=1
+    )
     src.start()
     assert src.read(timeout=5) is not None  # frame 0 comes at once
     import threading
@@ -161,7 +165,9 @@ def test_image_folder_source(tmp_path) -> None:
     assert frames[2].time_base == Fraction(1, 5) and frames[3].time == pytest.approx(0.6)
     assert frames[0].image.shape == (48, 64, 3)
     # lossless ones are exact (and in RGB order), lossy ones close
-    assert np.array_equal(frames[0].image, written[0]) and np.array_equal(frames[2].image, written[2])
+    assert np.array_equal(frames[0].image, written[0]) and np.array_equal(
+        frames[2].image, written[2]
+    )
     assert abs(float(frames[1].image[:, :, 0].mean()) - 60) < 4
     assert abs(float(frames[4].image[:, :, 0].mean()) - 180) < 4
 
@@ -197,3 +203,63 @@ def test_redact_hides_credentials_everywhere() -> None:
     assert redact("rtsp://cam.local/stream") == "rtsp://cam.local/stream"
     assert redact("/data/a@b.mp4") == "/data/a@b.mp4"
     assert "pa/ss" not in redact("rtsp://u:pa/ss@h/x")
+
+
+def test_webcam_device_mapping() -> None:
+    from streamseg.sources.av_source import webcam_device
+
+    assert webcam_device("0", "v4l2") == "/dev/video0"
+    assert webcam_device("1", "avfoundation") == "1:none"
+    assert webcam_device("video=USB Cam", "dshow") == "video=USB Cam"
+    with pytest.raises(SourceError, match="dshow"):
+        webcam_device("0", "dshow")
+
+
+def test_live_timeline_fills_missing_pts_and_survives_backward_steps() -> None:
+    from streamseg.sources.base import _Timeline
+
+    tl = _Timeline(live=True)
+    tl.configure(Fraction(1, 90000), Fraction(10))
+    tb = Fraction(1, 90000)
+    out = [
+        tl.map(None, tb, 100.0),
+        tl.map(9000, tb, 100.1),
+        tl.map(18000, tb, 100.2),
+        tl.map(9000, tb, 100.3),  # relay stepped back 0.1 s
+        tl.map(18000, tb, 100.4),
+    ]
+    assert out == [0, 9000, 18000, 27000, 36000]
+    tl.new_segment(wall_gap=True)  # reconnect after a 5 s outage; the new stream restarts at 0
+    assert tl.map(None, tb, 105.4) == 36000 + 5 * 90000
+    assert tl.map(4500, tb, 105.5) == 36000 + 5 * 90000 + 9000
+
+
+def test_http_source_reads_a_served_file(tmp_path) -> None:
+    import functools
+    import http.server
+    import shutil
+    import threading
+
+    clip = shared_file("data", "pedestrians_10s.mp4")
+    shutil.copy(clip, tmp_path / "clip.mp4")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+
+    class Quiet(handler.func):  # type: ignore[misc,name-defined]
+        def log_message(self, *a: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path))
+    )
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://user:pw@127.0.0.1:{srv.server_address[1]}/clip.mp4"
+        src = open_source(url, live=False, max_frames=20)
+        assert src.info.kind == "http" and src.info.uri.startswith("http://***:***@")
+        with src:
+            frames = list(src)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert len(frames) == 20 and frames[0].image.shape == (576, 768, 3)
+    assert src.stats.dropped == {}

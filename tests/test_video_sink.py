@@ -1,4 +1,4 @@
-"""Annotated MP4 sink: frame count, timestamps, codec, faststart and audio passthrough, decoded back."""
+"""Annotated MP4 sink, decoded back: frame count, timestamps, codec, faststart, audio."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from streamseg.sinks.video import VideoFileSink
 from streamseg.sources import open_source
 
 
-def _make_clip(path: Path, n: int = 20, fps: int = 10, audio: str = "aac", fmt: str | None = None) -> None:
+def _make_clip(
+    path: Path, n: int = 20, fps: int = 10, audio: str = "aac", fmt: str | None = None
+) -> None:
     """A small video + sine-audio clip made with PyAV (no external files)."""
     sr = 44100
     with av.open(str(path), "w", format=fmt) as oc:
@@ -43,12 +45,17 @@ def _make_clip(path: Path, n: int = 20, fps: int = 10, audio: str = "aac", fmt: 
         oc.mux(ast.encode(None))
 
 
-def _decode_times(path: Path) -> tuple[list[Fraction], av.video.stream.VideoStream]:
+def _decode_times(path: Path) -> tuple[list[Fraction], tuple]:
     with av.open(str(path)) as c:
         st = c.streams.video[0]
         times = [f.pts * f.time_base for f in c.decode(st)]
-        return times, (st.codec_context.name, st.codec_context.pix_fmt, st.average_rate,
-                       st.codec_context.width, st.codec_context.height)
+        return times, (
+            st.codec_context.name,
+            st.codec_context.pix_fmt,
+            st.average_rate,
+            st.codec_context.width,
+            st.codec_context.height,
+        )
 
 
 def test_frames_and_timestamps_round_trip(tmp_path: Path) -> None:
@@ -56,8 +63,13 @@ def test_frames_and_timestamps_round_trip(tmp_path: Path) -> None:
     out = tmp_path / "out" / "annotated.mp4"
     src = open_source(str(clip), max_frames=25)
     src.start()
-    sink = VideoFileSink(out, width=src.info.width, height=src.info.height, fps=src.info.fps,
-                         time_base=src.info.time_base)
+    sink = VideoFileSink(
+        out,
+        width=src.info.width,
+        height=src.info.height,
+        fps=src.info.fps,
+        time_base=src.info.time_base,
+    )
     in_times = []
     for f in src:
         img = f.image.copy()
@@ -98,7 +110,9 @@ def test_missing_and_repeated_pts_are_repaired(tmp_path: Path) -> None:
     img = np.zeros((48, 64, 3), np.uint8)
     tb = Fraction(1, 25)
     for i, pts in enumerate([None, 1, 2, 2, 1, 7]):
-        sink.write(Frame(index=i, image=img, pts=pts, time_base=tb if pts is not None else None), img)
+        sink.write(
+            Frame(index=i, image=img, pts=pts, time_base=tb if pts is not None else None), img
+        )
     sink.close()
     times, _ = _decode_times(out)
     assert len(times) == 6
@@ -120,8 +134,14 @@ def test_audio_passthrough_copies_aac(tmp_path: Path) -> None:
     out = tmp_path / "out.mp4"
     with open_source(str(clip)) as src:
         assert src.info.has_audio
-        sink = VideoFileSink(out, width=160, height=120, fps=src.info.fps, time_base=src.info.time_base,
-                             audio_source=str(clip))
+        sink = VideoFileSink(
+            out,
+            width=160,
+            height=120,
+            fps=src.info.fps,
+            time_base=src.info.time_base,
+            audio_source=str(clip),
+        )
         for f in src:
             sink.write(f, f.image)
         sink.close()

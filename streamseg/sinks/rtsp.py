@@ -62,8 +62,13 @@ class _Session:
         st = self.out.add_stream("libx264", rate=sink.rate)
         st.width, st.height, st.pix_fmt = sink.width, sink.height, "yuv420p"
         st.codec_context.time_base = _PTS_TB
-        eopts = {"preset": sink.preset, "tune": "zerolatency", "bf": "0", "g": str(sink.gop),
-                 "keyint_min": str(sink.gop)}
+        eopts = {
+            "preset": sink.preset,
+            "tune": "zerolatency",
+            "bf": "0",
+            "g": str(sink.gop),
+            "keyint_min": str(sink.gop),
+        }
         if sink.bitrate:
             st.codec_context.bit_rate = int(sink.bitrate)
             eopts.update({"maxrate": str(int(sink.bitrate)), "bufsize": str(int(sink.bitrate))})
@@ -143,7 +148,9 @@ class RtspSink:
         self.reconnect = reconnect or ReconnectPolicy()
         self.mux_timeout_s = float(mux_timeout_s)
         self.on_published = on_published
-        self.publish_times: collections.deque[tuple[int, float, float]] = collections.deque(maxlen=100_000)
+        self.publish_times: collections.deque[tuple[int, float, float]] = collections.deque(
+            maxlen=100_000
+        )
         self._q: collections.deque[tuple[Frame, np.ndarray]] = collections.deque()
         self._maxq = int(queue_size)
         self._cond = threading.Condition()
@@ -161,7 +168,9 @@ class RtspSink:
     @property
     def stats(self) -> RtspSinkStats:
         with self._lock:
-            s = RtspSinkStats(self._stats.frames_in, self._stats.frames_published, dict(self._stats.dropped))
+            s = RtspSinkStats(
+                self._stats.frames_in, self._stats.frames_published, dict(self._stats.dropped)
+            )
         s.outages = self._outages.snapshot()
         s.reconnects = self._outages.reconnects
         return s
@@ -203,7 +212,9 @@ class RtspSink:
             self._cond.notify_all()
         self._thread.join(self.mux_timeout_s * 2 + 1.0 if timeout is None else timeout)
         if self._thread.is_alive():
-            log.warning("rtsp sink %s: writer still blocked in the network after close", self.url_safe)
+            log.warning(
+                "rtsp sink %s: writer still blocked in the network after close", self.url_safe
+            )
         self._closed = True
 
     def __enter__(self) -> "RtspSink":
@@ -236,7 +247,9 @@ class RtspSink:
                 if item is None:
                     break
                 frame, image = item
-                if drain_deadline is not None and (time.monotonic() > drain_deadline or session is None):
+                if drain_deadline is not None and (
+                    time.monotonic() > drain_deadline or session is None
+                ):
                     self._drop(DROP_SERVER_DOWN if session is None else DROP_QUEUE_FULL)
                     continue
                 if session is None:
@@ -254,12 +267,17 @@ class RtspSink:
                     took = time.monotonic() - self._mux_since
                     stalled = took > self.mux_timeout_s
                 except (av.error.FFmpegError, OSError) as exc:  # refused, broken pipe, 404, timeout
-                    reason = redact(f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}")
+                    reason = redact(
+                        f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}"
+                    )
                     self._lost(session, reason)
                     session = None
                     self._drop(DROP_SERVER_DOWN)
                     attempt += 1
-                    if self.reconnect.max_attempts is not None and attempt >= self.reconnect.max_attempts:
+                    if (
+                        self.reconnect.max_attempts is not None
+                        and attempt >= self.reconnect.max_attempts
+                    ):
                         self._outages.end(attempt, recovered=False)
                         log.error("rtsp sink %s: not publishing any more", self.url_safe)
                         next_try = float("inf")

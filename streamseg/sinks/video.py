@@ -145,13 +145,17 @@ class VideoFileSink:
         try:
             av.codec.Codec(codec, "w")
         except Exception:  # noqa: BLE001 - PyAV raises several types for unknown codecs
-            raise SinkError(f"video sink codec {codec!r} is not available in this FFmpeg build "
-                            f"(libx264 is)") from None
+            raise SinkError(
+                f"video sink codec {codec!r} is not available in this FFmpeg build (libx264 is)"
+            ) from None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._out = av.open(str(self.path), mode="w", format="mp4" if self.path.suffix.lower() in
-                                (".mp4", ".m4v", ".mov", "") else None,
-                                options={"movflags": "+faststart"})
+            self._out = av.open(
+                str(self.path),
+                mode="w",
+                format="mp4" if self.path.suffix.lower() in (".mp4", ".m4v", ".mov", "") else None,
+                options={"movflags": "+faststart"},
+            )
         except (OSError, av.error.FFmpegError) as exc:
             raise SinkError(f"cannot write video {self.path}: {exc}") from None
         self._stream: Any = None
@@ -204,9 +208,16 @@ class VideoFileSink:
         vf = av.VideoFrame.from_ndarray(img, format="rgb24")
         if (vf.width, vf.height) != (self.width, self.height):
             if not self._warned_size and (vf.width - vf.width % 2, vf.height - vf.height % 2) != (
-                    self.width, self.height):
-                log.warning("video sink: frame %dx%d scaled to %dx%d", vf.width, vf.height,
-                            self.width, self.height)
+                self.width,
+                self.height,
+            ):
+                log.warning(
+                    "video sink: frame %dx%d scaled to %dx%d",
+                    vf.width,
+                    vf.height,
+                    self.width,
+                    self.height,
+                )
                 self._warned_size = True
         vf = vf.reformat(width=self.width, height=self.height, format=self.pix_fmt)
         pts = self._pts_for(frame)

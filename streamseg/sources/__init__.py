@@ -16,8 +16,15 @@ from streamseg.sources.images import ImageFolderSource
 from streamseg.sources.reconnect import ReconnectPolicy
 from streamseg.urls import redact
 
-__all__ = ["open_source", "detect_kind", "VideoSource", "SourceInfo", "SourceStats", "ReconnectPolicy",
-           "KINDS"]
+__all__ = [
+    "open_source",
+    "detect_kind",
+    "VideoSource",
+    "SourceInfo",
+    "SourceStats",
+    "ReconnectPolicy",
+    "KINDS",
+]
 
 KINDS = ("auto", "file", "images", "webcam", "rtsp", "http", "lavfi")
 _WEBCAM_FORMATS = {"v4l2", "video4linux2", "avfoundation", "dshow", "vfwcap"}
@@ -79,7 +86,9 @@ def open_source(
     if kind not in KINDS:
         raise SourceError(f"source.kind must be one of {', '.join(KINDS)}; got {kind!r}")
     if not str(uri).strip():
-        raise SourceError("source.uri is empty; give a file, folder, camera index/device or stream URL")
+        raise SourceError(
+            "source.uri is empty; give a file, folder, camera index/device or stream URL"
+        )
     k = detect_kind(uri, format) if kind == "auto" else kind
     if live is None:
         if k in ("rtsp", "http", "webcam"):
@@ -91,9 +100,23 @@ def open_source(
     if k == "images":
         if live:
             raise SourceError(f"an image folder cannot be a live source: {redact(str(uri))}")
-        return ImageFolderSource(str(uri), fps=fps, queue_size=queue_size, max_frames=max_frames, loop=loop)
+        return ImageFolderSource(
+            str(uri), fps=fps, queue_size=queue_size, max_frames=max_frames, loop=loop
+        )
     return AvSource(
-        str(uri), k, format=format, options=options, live=live, queue_size=queue_size, transport=transport,
-        open_timeout_s=open_timeout_s, read_timeout_s=read_timeout_s, reconnect=reconnect,
-        max_frames=max_frames, loop=loop, threads=threads, size=size, fps=fps,
+        str(uri),
+        k,
+        format=format,
+        options=options,
+        live=live,
+        queue_size=queue_size,
+        transport=transport,
+        open_timeout_s=open_timeout_s,
+        read_timeout_s=read_timeout_s,
+        reconnect=reconnect,
+        max_frames=max_frames,
+        loop=loop,
+        threads=threads,
+        size=size,
+        fps=fps,
     )

@@ -30,7 +30,6 @@ log = logging.getLogger("streamseg.sources")
 # library never prints to the terminal. Users who debug can call av.logging.set_level(...).
 
 _TRANSPORTS = ("tcp", "udp", "udp_multicast", "http", "https")
-_WEBCAM_FORMATS = ("v4l2", "video4linux2", "avfoundation", "dshow", "vfwcap")
 # after this many decode errors in a row a live stream counts as broken and is reopened
 _MAX_CONSECUTIVE_DECODE_ERRORS = 50
 
@@ -47,7 +46,7 @@ def webcam_device(uri: str, fmt: str) -> str:
     """Map a camera given as an index ('0') or a device string to what FFmpeg's ``fmt`` expects."""
     s = str(uri).strip()
     if s.startswith("webcam:"):
-        s = s[len("webcam:"):]
+        s = s[len("webcam:") :]
     if s.isdigit():
         if fmt in ("v4l2", "video4linux2"):
             return f"/dev/video{int(s)}"
@@ -56,7 +55,8 @@ def webcam_device(uri: str, fmt: str) -> str:
         if fmt == "dshow":
             raise SourceError(
                 f"camera index {s} cannot be used with dshow; name the device, e.g. "
-                f"source.uri='video=Integrated Camera' (list them with ffmpeg -list_devices true -f dshow -i dummy)"
+                f"source.uri='video=Integrated Camera' "
+                f"(list them with ffmpeg -list_devices true -f dshow -i dummy)"
             )
     return s
 
@@ -83,11 +83,21 @@ class AvSource(VideoSource):
         size: tuple[int, int] | None = None,
         fps: float | None = None,
     ):
-        super().__init__(uri, kind, live=live, queue_size=queue_size, reconnect=reconnect,
-                         max_frames=max_frames, loop=loop, open_timeout_s=open_timeout_s,
-                         read_timeout_s=read_timeout_s)
+        super().__init__(
+            uri,
+            kind,
+            live=live,
+            queue_size=queue_size,
+            reconnect=reconnect,
+            max_frames=max_frames,
+            loop=loop,
+            open_timeout_s=open_timeout_s,
+            read_timeout_s=read_timeout_s,
+        )
         if transport not in _TRANSPORTS:
-            raise SourceError(f"source.transport must be one of {', '.join(_TRANSPORTS)}; got {transport!r}")
+            raise SourceError(
+                f"source.transport must be one of {', '.join(_TRANSPORTS)}; got {transport!r}"
+            )
         if open_timeout_s <= 0 or read_timeout_s <= 0:
             raise SourceError("source.open_timeout_s and source.read_timeout_s must be > 0")
         self.format = format
@@ -103,14 +113,16 @@ class AvSource(VideoSource):
                 if fps is not None:
                     opts["framerate"] = f"{float(fps):g}"
         elif kind == "rtsp":
-            opts.update({
-                "rtsp_transport": transport,
-                # socket I/O timeout in MICROseconds (bundled FFmpeg 8: "timeout")
-                "timeout": str(int(read_timeout_s * 1e6)),
-                # open fast: wait for the next keyframe instead of probing ~25 frames
-                "analyzeduration": "0",
-                "probesize": "32768",
-            })
+            opts.update(
+                {
+                    "rtsp_transport": transport,
+                    # socket I/O timeout in MICROseconds (bundled FFmpeg 8: "timeout")
+                    "timeout": str(int(read_timeout_s * 1e6)),
+                    # open fast: wait for the next keyframe instead of probing ~25 frames
+                    "analyzeduration": "0",
+                    "probesize": "32768",
+                }
+            )
         elif kind == "http":
             opts["rw_timeout"] = str(int(read_timeout_s * 1e6))
         elif kind == "lavfi":
@@ -129,8 +141,13 @@ class AvSource(VideoSource):
             return False  # the camera or server may come back
         if self.kind == "webcam":
             # a device that does not exist or is not a camera will not start working by retrying
-            return getattr(exc, "errno", None) in (errno.ENOENT, errno.ENOTTY, errno.EACCES,
-                                                   errno.EPERM, errno.ENODEV)
+            return getattr(exc, "errno", None) in (
+                errno.ENOENT,
+                errno.ENOTTY,
+                errno.EACCES,
+                errno.EPERM,
+                errno.ENODEV,
+            )
         return True
 
     def _describe_error(self, exc: BaseException) -> str:
@@ -149,8 +166,13 @@ class AvSource(VideoSource):
                 )
         t0 = time.monotonic()
         try:
-            container = av.open(self._target, mode="r", format=self.format, options=dict(self._options),
-                                timeout=(self.open_timeout_s, self._read_timeout))
+            container = av.open(
+                self._target,
+                mode="r",
+                format=self.format,
+                options=dict(self._options),
+                timeout=(self.open_timeout_s, self._read_timeout),
+            )
         except av.error.FileNotFoundError as exc:
             if self.kind == "webcam":
                 raise SourceError(f"camera {self._target} not found ({exc.strerror})") from None
@@ -160,10 +182,14 @@ class AvSource(VideoSource):
         except av.error.InvalidDataError as exc:
             took = time.monotonic() - t0
             # the socket timeout (read_timeout_s) or PyAV's open timeout fired
-            if self.kind in ("rtsp", "http") and took >= 0.9 * min(self.open_timeout_s, self.read_timeout_s):
+            if self.kind in ("rtsp", "http") and took >= 0.9 * min(
+                self.open_timeout_s, self.read_timeout_s
+            ):
                 raise TimeoutError(f"no answer within {took:.1f} s") from exc
             if self.kind == "file":
-                raise SourceError(f"video file {redact(self._target)} cannot be read: {exc.strerror}") from None
+                raise SourceError(
+                    f"video file {redact(self._target)} cannot be read: {exc.strerror}"
+                ) from None
             raise
         except av.error.ValueError as exc:
             if self.kind == "lavfi" or self.format == "lavfi":
@@ -191,9 +217,12 @@ class AvSource(VideoSource):
         if frames is not None and self.max_frames is not None:
             frames = min(frames, self.max_frames)
         self._set_stream_info(
-            width=int(cc.width) or None, height=int(cc.height) or None, fps=fps,
+            width=int(cc.width) or None,
+            height=int(cc.height) or None,
+            fps=fps,
             time_base=Fraction(stream.time_base) if stream.time_base else None,
-            codec=cc.name, has_audio=bool(container.streams.audio),
+            codec=cc.name,
+            has_audio=bool(container.streams.audio),
             frame_count=frames if not (self.live or self.loop) else None,
         )
 

@@ -181,7 +181,11 @@ class _Timeline:
             conv = pts if src_tb == self.out_tb else round(pts * src_tb / self.out_tb)
         if conv is None:
             # no timestamp (first RTSP frame): extrapolate; at a segment start include the gap
-            out = self._anchor(wall) if self.offset is None or self.last is None else self.last + self.frame_dur
+            out = (
+                self._anchor(wall)
+                if self.offset is None or self.last is None
+                else self.last + self.frame_dur
+            )
         else:
             if self.offset is None:
                 self.offset = self._anchor(wall) - conv
@@ -193,8 +197,14 @@ class _Timeline:
                     self.offset = self._anchor(wall) - conv
                     out = conv + self.offset
         if self.last is not None and out <= self.last:
-            out = self.last + 1
             self.repaired += 1
+            if self.live and conv is not None:
+                # a backwards step (relay re-anchoring, burst after a stall): continue one frame
+                # later instead of packing frames a tick apart
+                self.offset = self.last + self.frame_dur - conv
+                out = self.last + self.frame_dur
+            else:
+                out = self.last + 1
         self.last, self.last_wall = out, wall
         return out
 
@@ -326,10 +336,13 @@ class VideoSource:
                 self._started = False
                 if isinstance(exc, SourceError):
                     raise SourceError(redact(str(exc))) from None
-                raise SourceError(f"cannot open {self.kind} source {self._uri_safe}: {reason}") from None
+                raise SourceError(
+                    f"cannot open {self.kind} source {self._uri_safe}: {reason}"
+                ) from None
             self._outages.begin(f"open failed: {reason}")
-        self._thread = threading.Thread(target=self._run, args=(handle,), name=f"source-{self.kind}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(handle,), name=f"source-{self.kind}", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -371,8 +384,11 @@ class VideoSource:
         if t is not None and t.is_alive() and t is not threading.current_thread():
             t.join(self.open_timeout_s + 1.0 if timeout is None else timeout)
             if t.is_alive():
-                log.debug("source %s: decode thread still inside a blocking call; it will close "
-                          "the input when that returns", self._uri_safe)
+                log.debug(
+                    "source %s: decode thread still inside a blocking call; it will close "
+                    "the input when that returns",
+                    self._uri_safe,
+                )
 
     def __enter__(self) -> "VideoSource":
         return self.start()
@@ -459,8 +475,12 @@ class VideoSource:
             try:
                 handle = self._connect()
             except Exception as exc:  # noqa: BLE001 - any open failure is retried
-                log.debug("source %s: reconnect attempt %d failed: %s", self._uri_safe, attempt,
-                          redact(self._describe_error(exc)))
+                log.debug(
+                    "source %s: reconnect attempt %d failed: %s",
+                    self._uri_safe,
+                    attempt,
+                    redact(self._describe_error(exc)),
+                )
                 continue
             if self._stop.is_set():
                 self._safe_disconnect(handle)
@@ -471,6 +491,8 @@ class VideoSource:
 
     def _pump(self, handle: Any) -> str:
         """Move frames from the backend into the queue; return why it stopped."""
+        if self.max_frames is not None and self._stats.frames_decoded >= self.max_frames:
+            return "max_frames"
         stall = self.reconnect.stall_timeout_s if (self.live and self.reconnect.enabled) else None
         last_frame = time.monotonic()
         for raw in self._frames(handle):
@@ -488,8 +510,13 @@ class VideoSource:
                 index = self._stats.frames_decoded
                 self._stats.frames_decoded += 1
                 out_pts = self._timeline.map(pts, tb, wall)
-            frame = Frame(index=index, image=image, pts=out_pts, time_base=self._timeline.out_tb,
-                          capture_time=wall)
+            frame = Frame(
+                index=index,
+                image=image,
+                pts=out_pts,
+                time_base=self._timeline.out_tb,
+                capture_time=wall,
+            )
             dropped = self._buf.put(frame)
             if dropped is not None:
                 self._count_drop(DROP_NEWEST_POLICY)

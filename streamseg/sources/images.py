@@ -32,10 +32,24 @@ def _read_rgb(path: Path) -> np.ndarray | None:
 class ImageFolderSource(VideoSource):
     """Frames from ``folder/*.{jpg,jpeg,png,bmp,webp}`` in name order; never drops frames."""
 
-    def __init__(self, folder: str, *, fps: float | None = None, queue_size: int = 8,
-                 max_frames: int | None = None, loop: bool = False):
-        super().__init__(folder, "images", live=False, queue_size=queue_size, reconnect=None,
-                         max_frames=max_frames, loop=loop)
+    def __init__(
+        self,
+        folder: str,
+        *,
+        fps: float | None = None,
+        queue_size: int = 8,
+        max_frames: int | None = None,
+        loop: bool = False,
+    ):
+        super().__init__(
+            folder,
+            "images",
+            live=False,
+            queue_size=queue_size,
+            reconnect=None,
+            max_frames=max_frames,
+            loop=loop,
+        )
         self.folder = Path(folder)
         rate = Fraction(fps if fps is not None else 10).limit_denominator(100000)
         if rate <= 0:
@@ -46,11 +60,14 @@ class ImageFolderSource(VideoSource):
     def _connect(self) -> Any:
         if not self.folder.is_dir():
             raise SourceError(f"image folder {self.folder} not found (source.uri)")
-        files = sorted(p for p in self.folder.iterdir()
-                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(
+            p for p in self.folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        )
         if not files:
-            raise SourceError(f"image folder {self.folder} has no images "
-                              f"({', '.join(s[1:] for s in IMAGE_SUFFIXES)})")
+            raise SourceError(
+                f"image folder {self.folder} has no images "
+                f"({', '.join(s[1:] for s in IMAGE_SUFFIXES)})"
+            )
         self._files = files
         first = None
         for p in files:
@@ -58,10 +75,18 @@ class ImageFolderSource(VideoSource):
             if first is not None:
                 break
         if first is None:
-            raise SourceError(f"image folder {self.folder}: none of its {len(files)} images can be decoded")
+            raise SourceError(
+                f"image folder {self.folder}: none of its {len(files)} images can be decoded"
+            )
         n = len(files) if self.max_frames is None else min(len(files), self.max_frames)
-        self._set_stream_info(width=int(first.shape[1]), height=int(first.shape[0]), fps=self.rate,
-                              time_base=1 / self.rate, codec="image", frame_count=None if self.loop else n)
+        self._set_stream_info(
+            width=int(first.shape[1]),
+            height=int(first.shape[0]),
+            fps=self.rate,
+            time_base=1 / self.rate,
+            codec="image",
+            frame_count=None if self.loop else n,
+        )
         return files
 
     def _frames(self, handle: Any) -> Iterator[RawFrame | None]:

@@ -71,7 +71,9 @@ class OutageLog:
                 return
             self._t0 = time.monotonic()
             reason = redact(reason)
-            self._items.append({"start": time.time(), "end": None, "duration_s": None, "reason": reason})
+            self._items.append(
+                {"start": time.time(), "end": None, "duration_s": None, "reason": reason}
+            )
         self._log.warning("%s: stream lost (%s); reconnecting with back-off", self._what, reason)
 
     def end(self, attempts: int, recovered: bool = True) -> float | None:
@@ -89,8 +91,13 @@ class OutageLog:
             else:
                 item["reason"] += " (gave up)"
         if recovered:
-            self._log.warning("%s: stream back after %.1f s outage (%d attempt%s)", self._what, dur,
-                              attempts, "" if attempts == 1 else "s")
+            self._log.warning(
+                "%s: stream back after %.1f s outage (%d attempt%s)",
+                self._what,
+                dur,
+                attempts,
+                "" if attempts == 1 else "s",
+            )
         else:
             self._log.error("%s: giving up after %.1f s and %d attempts", self._what, dur, attempts)
         return dur
