@@ -12,7 +12,7 @@ import av
 import numpy as np
 import pytest
 
-from streamseg.errors import SourceError
+from streamseg.errors import SinkError, SourceError
 from streamseg.records import Frame
 from streamseg.sinks.rtsp import RtspSink
 from streamseg.sources import ReconnectPolicy, open_source
@@ -253,3 +253,11 @@ def test_rtsp_sink_survives_relay_restart(relay_factory) -> None:
         sink.close()
     assert len(got) >= 8 and {(w, h) for _, w, h in got} == {(320, 240)}
     assert sink.stats.frames_published > published_before
+
+
+def test_rtsp_sink_rejects_bad_settings_in_one_line() -> None:
+    with pytest.raises(SinkError, match="rtsp://") as ei:
+        RtspSink("http://u:secret@h/x", width=64, height=48, fps=10)
+    assert "secret" not in str(ei.value)
+    with pytest.raises(SinkError, match="transport"):
+        RtspSink("rtsp://h/x", width=64, height=48, fps=10, transport="quic")

@@ -127,6 +127,10 @@ class RtspSink:
         queue_size: int = 4,
         on_published: Callable[[Frame, float], None] | None = None,
     ):
+        if not str(url).lower().startswith(("rtsp://", "rtsps://")):
+            raise SinkError(
+                f"rtsp sink url must start with rtsp:// or rtsps://, got {redact(str(url))!r}"
+            )
         if transport not in ("tcp", "udp"):
             raise SinkError(f"rtsp sink transport must be tcp or udp, got {transport!r}")
         if width <= 0 or height <= 0:
