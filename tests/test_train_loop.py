@@ -20,6 +20,15 @@ from tests._shared import shared_file
 SMALL = {"name": "b0", "roi_size": [8, 6], "mask_size": [16, 12]}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: these tiny steps gain little from two, and spin badly on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return make_tiny_coco(tmp_path_factory.mktemp("tiny"), num_train=2, num_val=1, size_wh=(128, 96),
@@ -208,3 +217,27 @@ def test_warmup_schedule_and_upstream_cosine():
     assert warm[2:] == pytest.approx([1e-6 + (1e-4 - 1e-6) * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)])
     with pytest.raises(ConfigError, match=r"train.warmup_epochs: warmup_epochs \(6\) must be smaller than epochs \(6\)"):
         train_config_from_dict({"train": {"epochs": 6, "warmup_epochs": 6}})
+
+
+@pytest.mark.parametrize("name", ["train_b0", "train_b1", "train_b7", "train_b0_enhanced", "train_b1_enhanced",
+                                  "train_b7_enhanced", "tiny_b0"])
+def test_shipped_configs_validate(name):
+    from tests._shared import ROOT
+
+    cfg = load_train_config(ROOT / "configs" / f"{name}.yaml")
+    variant = name.replace("train_", "").replace("tiny_", "").replace("_", "-")
+    assert cfg.model.name == variant
+    assert tuple(cfg.model.roi_size) == (64, 48) and tuple(cfg.model.mask_size) == (128, 96)
+    if name.startswith("train_"):  # the upstream recipe, untouched
+        t = cfg.train
+        assert (t.epochs, t.batch_size, t.lr, t.weight_decay, t.min_lr, t.grad_clip) == (100, 2, 1e-4, 0.01, 1e-6, 1.0)
+        assert t.warmup_epochs == 0 and cfg.loss.contour_mode == "upstream" and cfg.data.image_size == (640, 640)
+
+
+def test_package_exports():
+    import streamseg.train as st
+
+    assert st.HierarchicalLoss is HierarchicalLoss
+    assert callable(st.train_main) and callable(st.eval_main) and st.Trainer is Trainer
+    with pytest.raises(AttributeError):
+        st.nope  # noqa: B018
