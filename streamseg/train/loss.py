@@ -84,7 +84,10 @@ class HierarchicalLoss(nn.Module):
     ``total, parts = loss(outputs, targets)``: ``outputs`` is the model's output dict (needs
     ``masks``, ``bg_fg_logits``, ``target_nontarget_logits``; ``contours`` and ``distance_map``
     when those terms are on), ``targets`` int64 [N,H,W] with 0 background / 1 target /
-    2 non-target.  ``parts`` holds plain floats (upstream's component names).
+    2 non-target.  ``parts`` holds plain floats under upstream's component names, plus ``loss``
+    (the returned total).  Note that upstream's ``total_loss`` entry is only the hierarchical part
+    (bg/fg, target/non-target, CE, Dice, consistency), without the boundary, contour and distance
+    terms; ``loss`` includes them.  The fixture's ``total_loss_call1`` is ``loss``.
 
     ``contour_mode="upstream"`` (default) reproduces upstream's defect: ``contours`` are already
     sigmoid probabilities, yet they are fed to BCE-with-logits (a second sigmoid), which caps the
