@@ -70,10 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", default="torch,ort", help="torch, ort")
     p.add_argument("--checkpoint", default=None, help="weights for the variant they hold (else random weights)")
     p.add_argument("--calib-video", default=None, help="footage for INT8 calibration (int8 is skipped without it)")
-    p.add_argument("--calib-frames", type=int, default=8)
+    p.add_argument("--calib-frames", type=int, default=16)
+    p.add_argument("--held-out-frames", type=int, default=8, help="frames after the calibration ones for the INT8 IoU")
     p.add_argument("--threads", type=int, default=None, help="torch and ORT intra-op threads (default: library default)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--target-repeats", type=int, default=3, help="interleaved rounds of the B0 speed target")
+    p.add_argument("--target-rois", type=int, default=8, help="ROIs per frame in the B0 speed target (default 8)")
     p.add_argument("--no-target", action="store_true", help="skip the B0 speed-target comparison")
     p.add_argument("--quick", action="store_true", help="skip b7 variants, 1 repeat")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/model_<host>_<date>.json)")
@@ -217,27 +219,59 @@ def _ort_callable(sess: Any, images: torch.Tensor, rois: torch.Tensor) -> Callab
     return lambda: sess(im, ro)
 
 
-def _variant_model(name: str, opts: argparse.Namespace, images: torch.Tensor, rois: torch.Tensor) -> tuple[nn.Module, str]:
+def _variant_model(name: str, opts: argparse.Namespace, cache: dict[str, Any]) -> tuple[nn.Module, str]:
+    """The variant's model (checkpoint weights when it holds this variant), built once per run."""
     from ..models import create_model, load_checkpoint
 
+    key = f"model:{name}"
+    if key in cache:
+        return cache[key]
     over = {"roi_size": opts.roi_size, "mask_size": opts.mask_size}
+    m = None
     if opts.checkpoint:
         m = load_checkpoint(opts.checkpoint, roi_size=opts.roi_size, mask_size=opts.mask_size)
-        if m.spec.name == name:
-            return m.eval(), f"checkpoint {opts.checkpoint}"
-    torch.manual_seed(0)
-    m = create_model(name, **over).eval()
-    make_outputs_informative(m, images, rois)
-    return m, "random (BN affine and statistics re-estimated on the bench input)"
+        weights = f"checkpoint {opts.checkpoint}"
+        if m.spec.name != name:
+            m = None
+    if m is None:
+        torch.manual_seed(0)
+        m = create_model(name, **over).eval()
+        make_outputs_informative(m, *bench_inputs(opts.height, opts.width, 8))
+        weights = "random (BN affine and statistics re-estimated on the bench input)"
+    cache[key] = (m.eval(), weights)
+    return cache[key]
 
 
-def bench_variant(name: str, opts: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+def _onnx_for(name: str, model: nn.Module, opts: argparse.Namespace, tmp: Path, cache: dict[str, Any]) -> Path:
+    """The variant exported once per run (fp32, the bench image size)."""
+    from ..models.onnx_export import export_onnx
+
+    key = f"onnx:{name}"
+    if key not in cache:
+        cache[key] = export_onnx(model, tmp / f"{name}.onnx", height=opts.height, width=opts.width)
+    return cache[key]
+
+
+def _int8_for(name: str, fp32_path: Path, opts: argparse.Namespace, cache: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """The variant's INT8 graph (calibrated on ``--calib-video``), quantised once per run."""
+    from ..models.quantize import quantize_person_model
+
+    key = f"int8:{name}"
+    if key not in cache:
+        q_path = fp32_path.with_name(f"{name}_int8.onnx")
+        report = quantize_person_model(fp32_path, q_path, opts.calib_video, calib_frames=opts.calib_frames,
+                                       held_out_frames=opts.held_out_frames, threads=opts.threads)
+        cache[key] = (q_path, report)
+    return cache[key]
+
+
+def bench_variant(name: str, opts: argparse.Namespace, tmp: Path, cache: dict[str, Any]) -> dict[str, Any]:
     """Everything measured for one variant."""
     device = opts.device
     repeats = 1 if name.startswith("b7") else opts.repeats
     roi_counts = [int(r) for r in _csv(opts.rois)]
     images, rois_all = bench_inputs(opts.height, opts.width, max(roi_counts))
-    model, weights = _variant_model(name, opts, images, rois_all)
+    model, weights = _variant_model(name, opts, cache)
     res: dict[str, Any] = {"variant": name, "weights": weights, "roi_size": list(model.spec.roi_size),
                            "mask_size": list(model.spec.mask_size), **param_counts(model)}
     f1 = count_flops(model, images, rois_all[:1], with_aux=False)
@@ -257,20 +291,15 @@ def bench_variant(name: str, opts: argparse.Namespace, tmp: Path) -> dict[str, A
     backends, precisions = _csv(opts.backends), _csv(opts.precisions)
     sessions: dict[str, Any] = {}
     if "ort" in backends:
-        from ..models.onnx_export import export_onnx
         from ..models.ort_backend import OrtPersonModel
 
-        fp32_path = export_onnx(model, tmp / f"{name}.onnx", height=opts.height, width=opts.width)
+        fp32_path = _onnx_for(name, model, opts, tmp, cache)
         if "fp32" in precisions:
             sessions["fp32"] = OrtPersonModel(fp32_path, threads=opts.threads)
         if "int8" in precisions:
             if opts.calib_video:
-                from ..models.quantize import quantize_person_model
-
-                q = quantize_person_model(fp32_path, tmp / f"{name}_int8.onnx", opts.calib_video,
-                                          calib_frames=opts.calib_frames, held_out_frames=2, threads=opts.threads)
-                res["int8_quantisation"] = q
-                sessions["int8"] = OrtPersonModel(tmp / f"{name}_int8.onnx", threads=opts.threads)
+                q_path, res["int8_quantisation"] = _int8_for(name, fp32_path, opts, cache)
+                sessions["int8"] = OrtPersonModel(q_path, threads=opts.threads)
             else:
                 skipped.append("ort int8: no --calib-video given")
         res["onnx_bytes"] = fp32_path.stat().st_size
@@ -329,14 +358,14 @@ def _torch_callable(model: nn.Module, x: torch.Tensor, r: torch.Tensor, prec: st
 
 
 # ----------------------------------------------------------------------------- the speed target
-def speed_target(opts: argparse.Namespace, tmp: Path, n_rois: int = 8) -> dict[str, Any]:
+def speed_target(opts: argparse.Namespace, tmp: Path, cache: dict[str, Any]) -> dict[str, Any]:
     """B0 reference vs candidate fast paths, interleaved; picks the fastest that keeps outputs."""
     from ..models.fuse import optimize_for_inference
-    from ..models.onnx_export import export_onnx
     from ..models.ort_backend import OrtPersonModel
 
+    n_rois = opts.target_rois
     images, rois = bench_inputs(opts.height, opts.width, n_rois, seed=7)
-    model, weights = _variant_model("b0", opts, images, rois)
+    model, weights = _variant_model("b0", opts, cache)
     cands: dict[str, tuple[str, Callable[[], Any]]] = {}
 
     def ref() -> Any:
@@ -360,11 +389,15 @@ def speed_target(opts: argparse.Namespace, tmp: Path, n_rois: int = 8) -> dict[s
     cands["torch_fold_cl_noaux"] = ("streamseg.models.fuse.optimize_for_inference(model, fold_bn=True, channels_last=True, "
                                     "with_aux=False); call under torch.inference_mode()", torch_run(fast))
     if "ort" in _csv(opts.backends):
-        path = export_onnx(model, tmp / "target_b0.onnx", height=opts.height, width=opts.width)
-        sess = OrtPersonModel(path, threads=opts.threads)
+        sess = OrtPersonModel(_onnx_for("b0", model, opts, tmp, cache), threads=opts.threads)
         cands["ort_fp32"] = ("streamseg.models.onnx_export.export_onnx(model, path, height=H, width=W); "
                              "streamseg.models.ort_backend.OrtPersonModel(path)(images_np, rois_np)",
                              _ort_callable(sess, images, rois))
+        if "int8" in _csv(opts.precisions) and opts.calib_video:  # shown for its speed; its masks move
+            q_path, _ = _int8_for("b0", cache["onnx:b0"], opts, cache)
+            cands["ort_int8"] = ("streamseg.models.quantize.quantize_person_model(fp32_path, int8_path, video); "
+                                 "OrtPersonModel(int8_path)(images_np, rois_np)",
+                                 _ort_callable(OrtPersonModel(q_path, threads=opts.threads), images, rois))
     # warm everything once, keep the reference output
     ref_out = ref()["masks"]
     checks = {k: compare_masks(ref_out, fn()["masks"]) for k, (_, fn) in cands.items()}
@@ -432,11 +465,13 @@ def run_bench(opts: argparse.Namespace) -> dict[str, Any]:
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="streamseg_bench_") as td:
         tmp = Path(td)
+        cache: dict[str, Any] = {}
         if "b0" in variants and not opts.no_target:
-            result["speed_target"] = speed_target(opts, tmp)
+            result["speed_target"] = speed_target(opts, tmp, cache)
         for v in variants:
             log.info("benchmarking %s", v)
-            result["variants"][v] = bench_variant(v, opts, tmp)
+            result["variants"][v] = bench_variant(v, opts, tmp, cache)
+            cache.clear()
             gc.collect()
     result["total_s"] = time.perf_counter() - t_start
     return result
