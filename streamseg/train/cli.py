@@ -27,12 +27,16 @@ def train_main(config: str, resume: str | None, overrides: list[str]) -> int:
         sys.stderr.write(f"interrupted; state saved, continue with: streamseg train {config} --resume {path}\n")
         return 130
     best = summary.get("best_miou")
-    sys.stdout.write(
-        f"trained {summary['global_step']} steps ({summary['epochs_completed']} epochs) on {summary['device']}; "
-        f"best val mIoU {best:.4f} at epoch {summary['best_epoch']}\n" if best is not None else
-        f"trained {summary['global_step']} steps ({summary['epochs_completed']} epochs) on {summary['device']}; "
-        "no validation set\n"
-    )
+    if best is not None:
+        val = f"best val mIoU {best:.4f} at epoch {summary['best_epoch']}"
+    elif summary.get("has_validation"):
+        val = "no validation yet (no epoch finished)"
+    else:
+        val = "no validation set (data.val_annotations not set)"
+    sys.stdout.write(f"trained {summary['global_step']} steps ({summary['epochs_completed']} epochs) "
+                     f"on {summary['device']}; {val}\n")
+    if summary.get("stopped_early"):
+        sys.stdout.write(f"continue with --resume {Path(summary['output_dir']) / 'last.pt'}\n")
     sys.stdout.write(f"outputs in {summary['output_dir']}\n")
     return 0
 

@@ -452,6 +452,7 @@ class Trainer:
             "stopped_early": stopped_early,
             "best_miou": p.best_miou if p.best_miou >= 0 else None,
             "best_epoch": p.best_epoch + 1 if p.best_epoch >= 0 else None,
+            "has_validation": self.val_ds is not None,
             "last_val": last_val,
             "device": str(self.device),
             "amp": self.amp,
