@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-rois", type=int, default=8, help="ROIs per frame in the B0 speed target (default 8)")
     p.add_argument("--no-target", action="store_true", help="skip the B0 speed-target comparison")
     p.add_argument("--quick", action="store_true", help="skip b7 variants, 1 repeat")
+    p.add_argument("--note", default=None, help="free text stored in the JSON (e.g. what the checkpoint is)")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/model_<host>_<date>.json)")
     return p
 
@@ -155,26 +156,35 @@ class PeakRSS:
         return (self.peak - self.base) / 2**20
 
 
-def time_call(fn: Callable[[], Any], repeats: int, warmup: int, device: str) -> tuple[list[float], Any, float]:
-    """(times, last output, peak memory MB above the start) of ``fn``."""
+def time_call(fn: Callable[[], Any], repeats: int, warmup: int, device: str) -> tuple[list[float], Any, dict[str, float]]:
+    """(times, last output, memory) of ``fn``.
+
+    Memory on CPU: process RSS growth from just before the warm-up to the peak while running
+    (``peak_mem_mb``; allocators keep memory, so a setting that follows a bigger one on the same
+    backend shows ~0) and the absolute peak RSS. On CUDA: torch.cuda.max_memory_allocated above
+    the allocation at the start.
+    """
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    out = None
-    for _ in range(warmup):
-        out = fn()
-    times: list[float] = []
     gc.collect()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         start_alloc = torch.cuda.memory_allocated()
+    times: list[float] = []
     with PeakRSS() as mem:
+        out = None
+        for _ in range(warmup):
+            out = fn()
         for _ in range(max(1, repeats)):
             sync()
             t0 = time.perf_counter()
             out = fn()
             sync()
             times.append(time.perf_counter() - t0)
-    peak = (torch.cuda.max_memory_allocated() - start_alloc) / 2**20 if device == "cuda" else mem.delta_mb
-    return times, out, peak
+    if device == "cuda":
+        memory = {"peak_mem_mb": round((torch.cuda.max_memory_allocated() - start_alloc) / 2**20, 1)}
+    else:
+        memory = {"peak_mem_mb": round(mem.delta_mb, 1), "peak_rss_mb": round(mem.peak / 2**20, 1)}
+    return times, out, memory
 
 
 def compare_masks(ref: torch.Tensor | np.ndarray, out: torch.Tensor | np.ndarray) -> dict[str, float]:
@@ -324,11 +334,11 @@ def bench_variant(name: str, opts: argparse.Namespace, tmp: Path, cache: dict[st
                     fn = _ort_callable(sessions[prec], images, rois)
                 else:
                     fn = _torch_callable(fast, x, r, prec, device)
-                times, out, peak = time_call(fn, repeats, opts.warmup, device)
+                times, out, memory = time_call(fn, repeats, opts.warmup, device)
                 masks = out["masks"]
                 runs.append({"backend": backend, "precision": _prec_name(prec, device, backend), "rois": n,
                              "median_s": statistics.median(times), "min_s": min(times), "repeats": len(times),
-                             "peak_mem_mb": round(peak, 1), **compare_masks(ref, masks)})
+                             **memory, **compare_masks(ref, masks)})
                 log.info("%s %s %s %d ROIs: %.3f s (min %.3f)", name, backend, prec, n,
                          statistics.median(times), min(times))
     res["runs"] = runs
@@ -459,7 +469,8 @@ def run_bench(opts: argparse.Namespace) -> dict[str, Any]:
         "schema": SCHEMA,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(),
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opts).items() if k != "out"},
+        "note": opts.note,
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opts).items() if k not in ("out", "note")},
         "variants": {},
     }
     t_start = time.perf_counter()

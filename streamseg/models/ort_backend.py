@@ -7,7 +7,8 @@ Flavours, detected from the graph's output names (and our metadata entry):
                       file, so ``masks`` is SYNTHESISED: target logit +8 inside the instance and -8
                       outside, background and other-person logits 0 (argmax and softmax then give the
                       instance back; probabilities are 0.9997/0.0002, not real scores).
-                      ``target_prob`` (= instance_masks) is returned as well;
+                      ``target_prob`` [N,Hm,Wm] (= instance_masks without the channel) and
+                      ``instance_masks`` itself are returned as well;
 * ``upstream-legacy`` older upstream exports whose first output is ``masks`` [N,3,Hm,Wm] logits
                       (same meaning as ours) without our metadata.
 Every flavour takes ``images`` float32 [B,3,H,W] RGB in [0,1] and ``rois`` float32 [N,5]
@@ -102,7 +103,7 @@ class OrtPersonModel:
         out: dict[str, np.ndarray] = {}
         if self.flavour == "upstream":
             inst = mask.astype(np.float32)
-            out["target_prob"] = inst
+            out["target_prob"] = inst[:, 0]
             logits = np.zeros((n, 3, *mask.shape[2:]), dtype=np.float32)
             logits[:, 1:2] = np.where(inst > 0.5, SYNTH_LOGIT, -SYNTH_LOGIT)
             out["masks"] = logits
