@@ -12,9 +12,33 @@ from streamseg.bench import bench_main
 from streamseg.bench.machine import machine_info
 from streamseg.errors import UserError
 
-TINY = ["--variants", "b0", "--height", "128", "--width", "128", "--roi-size", "32x24", "--mask-size", "64x48",
-        "--rois", "1,2", "--warmup", "0", "--target-repeats", "1", "--precisions", "fp32,bf16,int8",
-        "--backends", "torch,ort", "--threads", "2", "--quick", "--target-rois", "2"]
+TINY = [
+    "--variants",
+    "b0",
+    "--height",
+    "128",
+    "--width",
+    "128",
+    "--roi-size",
+    "32x24",
+    "--mask-size",
+    "64x48",
+    "--rois",
+    "1,2",
+    "--warmup",
+    "0",
+    "--target-repeats",
+    "1",
+    "--precisions",
+    "fp32,bf16,int8",
+    "--backends",
+    "torch,ort",
+    "--threads",
+    "2",
+    "--quick",
+    "--target-rois",
+    "2",
+]
 
 
 def test_bench_model_quick_writes_json(tmp_path: Path) -> None:
@@ -34,7 +58,11 @@ def test_bench_model_quick_writes_json(tmp_path: Path) -> None:
     assert v["gflops"]["2"] == pytest.approx(v["gflops_fixed"] + 2 * v["gflops_per_roi"])
     # torch fp32/bf16 and ort fp32 for 1 and 2 ROIs; int8 skipped without --calib-video
     got = {(r["backend"], r["precision"], r["rois"]) for r in v["runs"]}
-    assert got == {(b, p, n) for b, p in [("torch", "fp32"), ("torch", "bf16"), ("ort", "fp32")] for n in (1, 2)}
+    assert got == {
+        (b, p, n)
+        for b, p in [("torch", "fp32"), ("torch", "bf16"), ("ort", "fp32")]
+        for n in (1, 2)
+    }
     assert any("int8" in s for s in v["skipped"])
     for r in v["runs"]:
         assert r["median_s"] > 0 and r["min_s"] <= r["median_s"] and r["repeats"] == 1
@@ -44,7 +72,12 @@ def test_bench_model_quick_writes_json(tmp_path: Path) -> None:
     assert all(r["masks_max_abs_diff"] < 1e-3 for r in fp32)
     st = res["speed_target"]
     assert st["variant"] == "b0" and st["rois"] == 2
-    assert set(st["candidates"]) == {"torch_noaux", "torch_fold_noaux", "torch_fold_cl_noaux", "ort_fp32"}
+    assert set(st["candidates"]) == {
+        "torch_noaux",
+        "torch_fold_noaux",
+        "torch_fold_cl_noaux",
+        "ort_fp32",
+    }
     assert st["chosen"] in st["candidates"] and st["candidates"][st["chosen"]]["outputs_unchanged"]
     assert st["chosen_time_ratio"] > 0 and isinstance(st["target_met"], bool)
 
@@ -53,9 +86,17 @@ def test_bench_dispatch_and_option_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="unknown kind"):
         bench_main(argparse.Namespace(rest=["nope"], mode="nope"))
     with pytest.raises(UserError, match="--variants: unknown"):
-        bench_main(argparse.Namespace(rest=["model", "--variants", "b9", "--out", str(tmp_path / "x.json")]))
+        bench_main(
+            argparse.Namespace(
+                rest=["model", "--variants", "b9", "--out", str(tmp_path / "x.json")]
+            )
+        )
     with pytest.raises(UserError, match="--precisions: unknown"):
-        bench_main(argparse.Namespace(rest=["model", "--precisions", "fp8", "--out", str(tmp_path / "x.json")]))
+        bench_main(
+            argparse.Namespace(
+                rest=["model", "--precisions", "fp8", "--out", str(tmp_path / "x.json")]
+            )
+        )
     assert not (tmp_path / "x.json").exists()
 
 

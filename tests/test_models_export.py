@@ -33,11 +33,15 @@ def model() -> nn.Module:
 
 
 @pytest.fixture(scope="module")
-def onnx_path(model: nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def ckpt_path(model: nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "small.pt")
+
+
+@pytest.fixture(scope="module")
+def onnx_path(ckpt_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Exported through the CLI entry point, from a checkpoint in streamseg's format."""
-    d = tmp_path_factory.mktemp("onnx")
-    ckpt = save_checkpoint(model, d / "small.pt")
-    out = d / "b0_small.onnx"
+    ckpt = ckpt_path
+    out = tmp_path_factory.mktemp("onnx") / "b0_small.onnx"
     assert export_main(_ns(checkpoint=str(ckpt), output=str(out))) == 0
     return out
 
@@ -56,7 +60,9 @@ def _rois(n: int, batch: int, seed: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("n_rois", [1, 5])
-def test_onnx_round_trip_matches_pytorch(model: nn.Module, session: OrtPersonModel, n_rois: int) -> None:
+def test_onnx_round_trip_matches_pytorch(
+    model: nn.Module, session: OrtPersonModel, n_rois: int
+) -> None:
     images = torch.cat([bench_inputs(H, W, 1, seed=s)[0] for s in (4, 5)])  # batch of 2 frames
     rois = _rois(n_rois, 2, seed=n_rois)
     with torch.inference_mode():
@@ -75,12 +81,22 @@ def test_onnx_round_trip_matches_pytorch(model: nn.Module, session: OrtPersonMod
 
 def test_onnx_graph_io_and_metadata(onnx_path: Path) -> None:
     proto = onnx.load(str(onnx_path), load_external_data=False)
-    ins = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in proto.graph.input}
-    outs = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in proto.graph.output}
+    ins = {
+        i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+        for i in proto.graph.input
+    }
+    outs = {
+        o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim]
+        for o in proto.graph.output
+    }
     assert ins == {"images": ["batch", 3, H, W], "rois": ["num_rois", 5]}
     assert outs == {"masks": ["num_rois", 3, *MASK], "binary_masks": ["batch", 1, H, W]}
     side = json.loads(onnx_path.with_suffix(".json").read_text())
-    assert side["variant"] == "b0" and side["roi_size"] == list(ROI) and side["mask_size"] == list(MASK)
+    assert (
+        side["variant"] == "b0"
+        and side["roi_size"] == list(ROI)
+        and side["mask_size"] == list(MASK)
+    )
     assert side["image_size"] == [H, W] and side["dilation"] == 0 and side["opset"] == 17
     assert side["untrained"] is False and side["source"].endswith("small.pt")
     embedded = {p.key: p.value for p in proto.metadata_props}
@@ -111,7 +127,9 @@ class UpstreamStyle(nn.Module):
         super().__init__()
         self.inner = ExportWrapper(model, H, W, dilation=1)
 
-    def forward(self, images: torch.Tensor, rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, rois: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         masks, binary = self.inner(images, rois)
         return (masks.argmax(1, keepdim=True) == 1).float(), binary
 
@@ -124,10 +142,21 @@ def test_upstream_style_export_runs_through_backend(model: nn.Module, tmp_path: 
     images, rois = bench_inputs(H, W, 3, seed=9)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(wrapper, (images, rois), str(path), input_names=["images", "rois"],
-                          output_names=["instance_masks", "binary_masks"], opset_version=16, dynamo=False,
-                          dynamic_axes={"images": {0: "batch_size"}, "rois": {0: "num_rois"},
-                                        "instance_masks": {0: "num_rois"}, "binary_masks": {0: "batch_size"}})
+        torch.onnx.export(
+            wrapper,
+            (images, rois),
+            str(path),
+            input_names=["images", "rois"],
+            output_names=["instance_masks", "binary_masks"],
+            opset_version=16,
+            dynamo=False,
+            dynamic_axes={
+                "images": {0: "batch_size"},
+                "rois": {0: "num_rois"},
+                "instance_masks": {0: "num_rois"},
+                "binary_masks": {0: "batch_size"},
+            },
+        )
     m = OrtPersonModel(path)
     assert m.flavour == "upstream" and not m.has_logits
     assert m.input_hw == (H, W) and m.mask_hw == MASK
@@ -162,27 +191,64 @@ def test_dilation_grows_target_only() -> None:
         dilate_target_logits(masks, -1)
 
 
-def test_int8_quantisation_on_footage(onnx_path: Path, tmp_path: Path) -> None:
+def test_int8_export_on_footage(ckpt_path: Path, tmp_path: Path) -> None:
+    """``streamseg export CKPT OUT.onnx --int8 --calib-video vtest.avi``: INT8 at OUT, FP32 beside it."""
     from _shared import shared_file
-
-    from streamseg.models.quantize import quantize_person_model
 
     video = shared_file("data", "vtest.avi")
     int8 = tmp_path / "b0_small_int8.onnx"
-    report = quantize_person_model(onnx_path, int8, video, calib_frames=2, held_out_frames=1)
-    assert int8.is_file() and int8.stat().st_size < onnx_path.stat().st_size / 2
-    assert 0.0 <= report["mean_target_iou"] <= 1.0 and report["rois"] >= 1
+    assert (
+        export_main(
+            _ns(
+                checkpoint=str(ckpt_path),
+                output=str(int8),
+                int8=True,
+                calib_video=str(video),
+                calib_frames=2,
+            )
+        )
+        == 0
+    )
+    fp32 = tmp_path / "b0_small_int8_fp32.onnx"
+    assert int8.is_file() and fp32.is_file()
+    assert int8.stat().st_size < fp32.stat().st_size / 2
+    meta = json.loads(int8.with_suffix(".json").read_text())
+    report = meta["int8_quantisation"]
+    assert meta["precision"] == "int8" and meta["fp32_model"] == fp32.name
+    assert 0.0 <= report["mean_target_iou"] <= 1.0 and report["rois"] >= 1 and report["frames"] == 8
     assert report["calib_frames"] == 2 and report["speedup"] > 0
-    assert json.loads(int8.with_suffix(".quant.json").read_text())["mean_target_iou"] == report["mean_target_iou"]
+    assert (
+        json.loads(int8.with_suffix(".quant.json").read_text())["mean_target_iou"]
+        == report["mean_target_iou"]
+    )
     q = OrtPersonModel(int8)
-    assert q.flavour == "streamseg"  # metadata carried over
+    assert q.flavour == "streamseg"  # metadata carried over into the quantised graph
     out = q(bench_inputs(H, W, 1)[0].numpy(), _rois(2, 1, 3).numpy())
     assert out["masks"].shape == (2, 3, *MASK) and np.isfinite(out["masks"]).all()
     assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(int8)).graph.node)
 
 
+def test_target_iou_counts_pixels() -> None:
+    from streamseg.models.quantize import target_iou
+
+    a = np.zeros((2, 3, 4, 4), np.float32)
+    b = np.zeros((2, 3, 4, 4), np.float32)
+    a[0, 1, :2] = 1.0  # ROI 0: target on 8 pixels in a, 4 of them in b -> IoU 0.5
+    b[0, 1, :1] = 1.0
+    # ROI 1: no target anywhere -> defined as 1.0
+    np.testing.assert_allclose(target_iou(a, b), [0.5, 1.0])
+
+
 def _ns(**kw: object) -> argparse.Namespace:
-    base = dict(height=H, width=W, opset=17, int8=False, calib_video=None, calib_frames=2, dilation=0)
+    base = {
+        "height": H,
+        "width": W,
+        "opset": 17,
+        "int8": False,
+        "calib_video": None,
+        "calib_frames": 2,
+        "dilation": 0,
+    }
     base.update(kw)
     return argparse.Namespace(**base)
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _shared import shared_file
 from torch import nn
 
 from streamseg.bench.model import bench_inputs, make_outputs_informative
 from streamseg.models import create_model, load_checkpoint
 from streamseg.models.fuse import fold_bn_into_conv, optimize_for_inference
-
-from _shared import shared_file
 
 
 def _bn(c: int, seed: int) -> nn.BatchNorm2d:
@@ -24,12 +23,15 @@ def _bn(c: int, seed: int) -> nn.BatchNorm2d:
     return bn
 
 
-@pytest.mark.parametrize("conv", [
-    nn.Conv2d(6, 8, 3, padding=1),
-    nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False),   # depthwise, no bias (timm blocks)
-    nn.ConvTranspose2d(6, 8, 2, stride=2),                 # the head's upsamplers
-    nn.ConvTranspose2d(6, 8, 2, stride=2, groups=2),
-])
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(6, 8, 3, padding=1),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False),  # depthwise, no bias (timm blocks)
+        nn.ConvTranspose2d(6, 8, 2, stride=2),  # the head's upsamplers
+        nn.ConvTranspose2d(6, 8, 2, stride=2, groups=2),
+    ],
+)
 def test_fold_bn_into_conv_matches_conv_then_bn(conv: nn.Module) -> None:
     torch.manual_seed(0)
     conv.eval()
@@ -64,11 +66,20 @@ def test_optimized_copy_equals_original_small(small_model: nn.Module, channels_l
     left = [n for n, m in fast.named_modules() if isinstance(m, nn.BatchNorm2d)]
     assert left == ["pretrained_unet.model.model.encoder.bn2"]
     assert sum(isinstance(m, nn.BatchNorm2d) for m in small_model.modules()) == 116
-    for k in ("masks", "bg_fg_logits", "target_nontarget_logits", "contours", "distance_map", "roi_patches"):
+    for k in (
+        "masks",
+        "bg_fg_logits",
+        "target_nontarget_logits",
+        "contours",
+        "distance_map",
+        "roi_patches",
+    ):
         assert (out[k] - ref[k]).abs().max().item() < 1e-4, k
     # the random UNet amplifies float32 rounding on tiny maps: compare full-image logits relatively
     scale = ref["full_image_logits"].abs().max().item()
-    assert (out["full_image_logits"] - ref["full_image_logits"]).abs().max().item() < 1e-4 * max(scale, 1.0)
+    assert (out["full_image_logits"] - ref["full_image_logits"]).abs().max().item() < 1e-4 * max(
+        scale, 1.0
+    )
     assert (out["masks"].argmax(1) == ref["masks"].argmax(1)).float().mean().item() >= 0.999
     # the original is untouched and still trainable
     after = small_model.state_dict()

@@ -17,6 +17,8 @@ def bench_main(args: argparse.Namespace) -> int:
     if rest and rest[0] in KINDS and (kind is None or rest[0] == kind):
         kind = rest.pop(0)
     if kind not in KINDS:
-        raise UserError(f"bench: unknown kind {kind!r}; allowed: {', '.join(KINDS)} (e.g. streamseg bench model --quick)")
+        raise UserError(
+            f"bench: unknown kind {kind!r}; allowed: {', '.join(KINDS)} (e.g. streamseg bench model --quick)"
+        )
     mod = importlib.import_module(f"{__name__}.{kind}")
     return int(mod.main(rest) or 0)

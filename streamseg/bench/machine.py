@@ -26,8 +26,18 @@ def _cpu_flags() -> list[str]:
             for line in f:
                 if line.startswith("flags"):
                     flags = line.split(":", 1)[1].split()
-                    keep = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
-                            "amx_bf16", "amx_int8", "amx_tile")
+                    keep = (
+                        "avx2",
+                        "fma",
+                        "avx512f",
+                        "avx512_vnni",
+                        "avx_vnni",
+                        "avx512_bf16",
+                        "avx512_fp16",
+                        "amx_bf16",
+                        "amx_int8",
+                        "amx_tile",
+                    )
                     return [k for k in keep if k in flags]
     except OSError:
         pass
@@ -47,7 +57,9 @@ def machine_info() -> dict[str, Any]:
         "cpu_flags": _cpu_flags(),
         "logical_cores": os.cpu_count(),
         "physical_cores": psutil.cpu_count(logical=False),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "torch": torch.__version__,
@@ -56,7 +68,8 @@ def machine_info() -> dict[str, Any]:
         "mkldnn": bool(torch.backends.mkldnn.is_available()),
         "cuda_available": torch.cuda.is_available(),
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        if torch.cuda.is_available() else [],
+        if torch.cuda.is_available()
+        else [],
     }
     try:
         import onnxruntime as ort

@@ -58,37 +58,88 @@ def _hw(s: str) -> tuple[int, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamseg bench model", description=__doc__.splitlines()[0])
-    p.add_argument("--variants", default=",".join(ALL_VARIANTS), help="comma list (default: all six)")
+    p.add_argument(
+        "--variants", default=",".join(ALL_VARIANTS), help="comma list (default: all six)"
+    )
     p.add_argument("--rois", default="1,4,8", help="ROI counts per frame (default 1,4,8)")
     p.add_argument("--height", type=int, default=640)
     p.add_argument("--width", type=int, default=640)
-    p.add_argument("--roi-size", type=_hw, default=None, metavar="HxW", help="override the ROI size (e.g. 32x24)")
-    p.add_argument("--mask-size", type=_hw, default=None, metavar="HxW", help="override the mask size (e.g. 64x48)")
+    p.add_argument(
+        "--roi-size",
+        type=_hw,
+        default=None,
+        metavar="HxW",
+        help="override the ROI size (e.g. 32x24)",
+    )
+    p.add_argument(
+        "--mask-size",
+        type=_hw,
+        default=None,
+        metavar="HxW",
+        help="override the mask size (e.g. 64x48)",
+    )
     p.add_argument("--repeats", type=int, default=3, help="timed runs per setting (b7 variants: 1)")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--precisions", default="fp32,bf16,int8", help="fp32, bf16 (CPU autocast; fp16 on CUDA), int8 (ORT)")
+    p.add_argument(
+        "--precisions",
+        default="fp32,bf16,int8",
+        help="fp32, bf16 (CPU autocast; fp16 on CUDA), int8 (ORT)",
+    )
     p.add_argument("--backends", default="torch,ort", help="torch, ort")
-    p.add_argument("--checkpoint", default=None, help="weights for the variant they hold (else random weights)")
-    p.add_argument("--calib-video", default=None, help="footage for INT8 calibration (int8 is skipped without it)")
+    p.add_argument(
+        "--checkpoint", default=None, help="weights for the variant they hold (else random weights)"
+    )
+    p.add_argument(
+        "--calib-video",
+        default=None,
+        help="footage for INT8 calibration (int8 is skipped without it)",
+    )
     p.add_argument("--calib-frames", type=int, default=16)
-    p.add_argument("--held-out-frames", type=int, default=8, help="frames after the calibration ones for the INT8 IoU")
-    p.add_argument("--threads", type=int, default=None, help="torch and ORT intra-op threads (default: library default)")
+    p.add_argument(
+        "--held-out-frames",
+        type=int,
+        default=8,
+        help="frames after the calibration ones for the INT8 IoU",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch and ORT intra-op threads (default: library default)",
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--target-repeats", type=int, default=3, help="interleaved rounds of the B0 speed target")
-    p.add_argument("--target-rois", type=int, default=8, help="ROIs per frame in the B0 speed target (default 8)")
+    p.add_argument(
+        "--target-repeats", type=int, default=3, help="interleaved rounds of the B0 speed target"
+    )
+    p.add_argument(
+        "--target-rois",
+        type=int,
+        default=8,
+        help="ROIs per frame in the B0 speed target (default 8)",
+    )
     p.add_argument("--no-target", action="store_true", help="skip the B0 speed-target comparison")
     p.add_argument("--quick", action="store_true", help="skip b7 variants, 1 repeat")
-    p.add_argument("--note", default=None, help="free text stored in the JSON (e.g. what the checkpoint is)")
-    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/model_<host>_<date>.json)")
+    p.add_argument(
+        "--note", default=None, help="free text stored in the JSON (e.g. what the checkpoint is)"
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="JSON path (default benchmarks/results/model_<host>_<date>.json)",
+    )
     return p
 
 
 # ----------------------------------------------------------------------------- inputs
-def bench_inputs(height: int, width: int, n_rois: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def bench_inputs(
+    height: int, width: int, n_rois: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A smooth random image [1,3,H,W] in [0,1] and ``n_rois`` person-shaped normalised boxes."""
     g = torch.Generator().manual_seed(seed)
     coarse = torch.rand(1, 3, max(height // 16, 2), max(width // 16, 2), generator=g)
-    img = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
+    img = torch.nn.functional.interpolate(
+        coarse, size=(height, width), mode="bilinear", align_corners=False
+    )
     img = (0.85 * img + 0.15 * torch.rand(1, 3, height, width, generator=g)).clamp(0, 1)
     rois = []
     for i in range(n_rois):
@@ -99,7 +150,9 @@ def bench_inputs(height: int, width: int, n_rois: int, seed: int = 0) -> tuple[t
 
 
 @torch.no_grad()
-def make_outputs_informative(model: nn.Module, images: torch.Tensor, rois: torch.Tensor, seed: int = 1234) -> None:
+def make_outputs_informative(
+    model: nn.Module, images: torch.Tensor, rois: torch.Tensor, seed: int = 1234
+) -> None:
     """Give random weights non-trivial BatchNorm affine + statistics so outputs are not flat.
 
     A fresh network has BN ~ identity and near-constant masks, which would hide precision losses;
@@ -134,7 +187,7 @@ class PeakRSS:
         self._proc = psutil.Process()
         self.base = self.peak = 0
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:  # noqa: PYI034
         self.base = self.peak = self._proc.memory_info().rss
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._loop, daemon=True)
@@ -156,7 +209,9 @@ class PeakRSS:
         return (self.peak - self.base) / 2**20
 
 
-def time_call(fn: Callable[[], Any], repeats: int, warmup: int, device: str) -> tuple[list[float], Any, dict[str, float]]:
+def time_call(
+    fn: Callable[[], Any], repeats: int, warmup: int, device: str
+) -> tuple[list[float], Any, dict[str, float]]:
     """(times, last output, memory) of ``fn``.
 
     Memory on CPU: process RSS growth from just before the warm-up to the peak while running
@@ -181,23 +236,34 @@ def time_call(fn: Callable[[], Any], repeats: int, warmup: int, device: str) -> 
             sync()
             times.append(time.perf_counter() - t0)
     if device == "cuda":
-        memory = {"peak_mem_mb": round((torch.cuda.max_memory_allocated() - start_alloc) / 2**20, 1)}
+        memory = {
+            "peak_mem_mb": round((torch.cuda.max_memory_allocated() - start_alloc) / 2**20, 1)
+        }
     else:
         memory = {"peak_mem_mb": round(mem.delta_mb, 1), "peak_rss_mb": round(mem.peak / 2**20, 1)}
     return times, out, memory
 
 
-def compare_masks(ref: torch.Tensor | np.ndarray, out: torch.Tensor | np.ndarray) -> dict[str, float]:
+def compare_masks(
+    ref: torch.Tensor | np.ndarray, out: torch.Tensor | np.ndarray
+) -> dict[str, float]:
     """Max |diff| of the logits, argmax agreement, mean target-mask IoU (output vs reference)."""
-    a = torch.as_tensor(np.asarray(ref.detach().float().cpu() if isinstance(ref, torch.Tensor) else ref))
-    b = torch.as_tensor(np.asarray(out.detach().float().cpu() if isinstance(out, torch.Tensor) else out))
+    a = torch.as_tensor(
+        np.asarray(ref.detach().float().cpu() if isinstance(ref, torch.Tensor) else ref)
+    )
+    b = torch.as_tensor(
+        np.asarray(out.detach().float().cpu() if isinstance(out, torch.Tensor) else out)
+    )
     am, bm = a.argmax(1), b.argmax(1)
     ta, tb = am == 1, bm == 1
     inter = (ta & tb).flatten(1).sum(1).float()
     union = (ta | tb).flatten(1).sum(1).float()
     iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
-    return {"masks_max_abs_diff": float((a - b).abs().max()), "argmax_agree": float((am == bm).float().mean()),
-            "target_iou": float(iou.mean())}
+    return {
+        "masks_max_abs_diff": float((a - b).abs().max()),
+        "argmax_agree": float((am == bm).float().mean()),
+        "target_iou": float(iou.mean()),
+    }
 
 
 def count_flops(model: nn.Module, images: torch.Tensor, rois: torch.Tensor, with_aux: bool) -> int:
@@ -213,7 +279,11 @@ def param_counts(model: nn.Module) -> dict[str, int]:
     """Total parameters, and trainable ones with the people-seg UNet frozen (as in training)."""
     total = sum(p.numel() for p in model.parameters())
     frozen = sum(p.numel() for p in model.pretrained_unet.model.parameters())
-    return {"params_total": total, "params_trainable": total - frozen, "params_peopleseg_unet": frozen}
+    return {
+        "params_total": total,
+        "params_trainable": total - frozen,
+        "params_peopleseg_unet": frozen,
+    }
 
 
 # ----------------------------------------------------------------------------- the fast path
@@ -224,12 +294,16 @@ def fast_torch_model(model: nn.Module) -> nn.Module:
     return optimize_for_inference(model, fold_bn=True, channels_last=True, with_aux=False)
 
 
-def _ort_callable(sess: Any, images: torch.Tensor, rois: torch.Tensor) -> Callable[[], dict[str, Any]]:
+def _ort_callable(
+    sess: Any, images: torch.Tensor, rois: torch.Tensor
+) -> Callable[[], dict[str, Any]]:
     im, ro = images.numpy(), rois.numpy()
     return lambda: sess(im, ro)
 
 
-def _variant_model(name: str, opts: argparse.Namespace, cache: dict[str, Any]) -> tuple[nn.Module, str]:
+def _variant_model(
+    name: str, opts: argparse.Namespace, cache: dict[str, Any]
+) -> tuple[nn.Module, str]:
     """The variant's model (checkpoint weights when it holds this variant), built once per run."""
     from ..models import create_model, load_checkpoint
 
@@ -252,7 +326,9 @@ def _variant_model(name: str, opts: argparse.Namespace, cache: dict[str, Any]) -
     return cache[key]
 
 
-def _onnx_for(name: str, model: nn.Module, opts: argparse.Namespace, tmp: Path, cache: dict[str, Any]) -> Path:
+def _onnx_for(
+    name: str, model: nn.Module, opts: argparse.Namespace, tmp: Path, cache: dict[str, Any]
+) -> Path:
     """The variant exported once per run (fp32, the bench image size)."""
     from ..models.onnx_export import export_onnx
 
@@ -262,36 +338,58 @@ def _onnx_for(name: str, model: nn.Module, opts: argparse.Namespace, tmp: Path, 
     return cache[key]
 
 
-def _int8_for(name: str, fp32_path: Path, opts: argparse.Namespace, cache: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+def _int8_for(
+    name: str, fp32_path: Path, opts: argparse.Namespace, cache: dict[str, Any]
+) -> tuple[Path, dict[str, Any]]:
     """The variant's INT8 graph (calibrated on ``--calib-video``), quantised once per run."""
     from ..models.quantize import quantize_person_model
 
     key = f"int8:{name}"
     if key not in cache:
         q_path = fp32_path.with_name(f"{name}_int8.onnx")
-        report = quantize_person_model(fp32_path, q_path, opts.calib_video, calib_frames=opts.calib_frames,
-                                       held_out_frames=opts.held_out_frames, threads=opts.threads)
+        report = quantize_person_model(
+            fp32_path,
+            q_path,
+            opts.calib_video,
+            calib_frames=opts.calib_frames,
+            held_out_frames=opts.held_out_frames,
+            threads=opts.threads,
+        )
         cache[key] = (q_path, report)
     return cache[key]
 
 
-def bench_variant(name: str, opts: argparse.Namespace, tmp: Path, cache: dict[str, Any]) -> dict[str, Any]:
+def bench_variant(
+    name: str, opts: argparse.Namespace, tmp: Path, cache: dict[str, Any]
+) -> dict[str, Any]:
     """Everything measured for one variant."""
     device = opts.device
     repeats = 1 if name.startswith("b7") else opts.repeats
     roi_counts = [int(r) for r in _csv(opts.rois)]
     images, rois_all = bench_inputs(opts.height, opts.width, max(roi_counts))
     model, weights = _variant_model(name, opts, cache)
-    res: dict[str, Any] = {"variant": name, "weights": weights, "roi_size": list(model.spec.roi_size),
-                           "mask_size": list(model.spec.mask_size), **param_counts(model)}
+    res: dict[str, Any] = {
+        "variant": name,
+        "weights": weights,
+        "roi_size": list(model.spec.roi_size),
+        "mask_size": list(model.spec.mask_size),
+        **param_counts(model),
+    }
     f1 = count_flops(model, images, rois_all[:1], with_aux=False)
-    f2 = count_flops(model, images, rois_all[:2].clone() if len(rois_all) > 1 else torch.cat([rois_all] * 2), with_aux=False)
+    f2 = count_flops(
+        model,
+        images,
+        rois_all[:2].clone() if len(rois_all) > 1 else torch.cat([rois_all] * 2),
+        with_aux=False,
+    )
     fa1 = count_flops(model, images, rois_all[:1], with_aux=True)
     res["gflops_fixed"] = (2 * f1 - f2) / 1e9
     res["gflops_per_roi"] = (f2 - f1) / 1e9
     res["gflops_per_roi_aux"] = (fa1 - f1) / 1e9
     res["gflops"] = {str(n): (f1 + (n - 1) * (f2 - f1)) / 1e9 for n in roi_counts}
-    res["flop_counter"] = "torch.utils.flop_counter.FlopCounterMode (2 FLOPs per MAC), inference path without aux heads"
+    res["flop_counter"] = (
+        "torch.utils.flop_counter.FlopCounterMode (2 FLOPs per MAC), inference path without aux heads"
+    )
 
     fast = fast_torch_model(model)
     if device == "cuda":
@@ -336,11 +434,27 @@ def bench_variant(name: str, opts: argparse.Namespace, tmp: Path, cache: dict[st
                     fn = _torch_callable(fast, x, r, prec, device)
                 times, out, memory = time_call(fn, repeats, opts.warmup, device)
                 masks = out["masks"]
-                runs.append({"backend": backend, "precision": _prec_name(prec, device, backend), "rois": n,
-                             "median_s": statistics.median(times), "min_s": min(times), "repeats": len(times),
-                             **memory, **compare_masks(ref, masks)})
-                log.info("%s %s %s %d ROIs: %.3f s (min %.3f)", name, backend, prec, n,
-                         statistics.median(times), min(times))
+                runs.append(
+                    {
+                        "backend": backend,
+                        "precision": _prec_name(prec, device, backend),
+                        "rois": n,
+                        "median_s": statistics.median(times),
+                        "min_s": min(times),
+                        "repeats": len(times),
+                        **memory,
+                        **compare_masks(ref, masks),
+                    }
+                )
+                log.info(
+                    "%s %s %s %d ROIs: %.3f s (min %.3f)",
+                    name,
+                    backend,
+                    prec,
+                    n,
+                    statistics.median(times),
+                    min(times),
+                )
     res["runs"] = runs
     res["skipped"] = skipped
     return res
@@ -352,8 +466,11 @@ def _prec_name(prec: str, device: str, backend: str) -> str:
     return prec
 
 
-def _torch_callable(model: nn.Module, x: torch.Tensor, r: torch.Tensor, prec: str, device: str) -> Callable[[], Any]:
+def _torch_callable(
+    model: nn.Module, x: torch.Tensor, r: torch.Tensor, prec: str, device: str
+) -> Callable[[], Any]:
     if prec == "fp32":
+
         def run() -> Any:
             with torch.inference_mode():
                 return model(x, r)
@@ -364,6 +481,7 @@ def _torch_callable(model: nn.Module, x: torch.Tensor, r: torch.Tensor, prec: st
             with torch.inference_mode(), torch.autocast(device_type=device, dtype=dtype):
                 out = model(x, r)
             return {"masks": out["masks"].float()}
+
     return run
 
 
@@ -390,24 +508,41 @@ def speed_target(opts: argparse.Namespace, tmp: Path, cache: dict[str, Any]) -> 
         def run() -> Any:
             with torch.inference_mode():
                 return m(images, rois)
+
         return run
 
-    cands["torch_noaux"] = ("optimize_for_inference(model, fold_bn=False, with_aux=False) under torch.inference_mode()",
-                            torch_run(noaux))
-    cands["torch_fold_noaux"] = ("optimize_for_inference(model, fold_bn=True, with_aux=False) under torch.inference_mode()",
-                                 torch_run(folded))
-    cands["torch_fold_cl_noaux"] = ("streamseg.models.fuse.optimize_for_inference(model, fold_bn=True, channels_last=True, "
-                                    "with_aux=False); call under torch.inference_mode()", torch_run(fast))
+    fast_call = (
+        "streamseg.models.fuse.optimize_for_inference(model, fold_bn=True, channels_last=True, "
+        "with_aux=False); call under torch.inference_mode()"
+    )
+    cands["torch_noaux"] = (
+        "optimize_for_inference(model, fold_bn=False, with_aux=False) under torch.inference_mode()",
+        torch_run(noaux),
+    )
+    cands["torch_fold_noaux"] = (
+        "optimize_for_inference(model, fold_bn=True, with_aux=False) under torch.inference_mode()",
+        torch_run(folded),
+    )
+    cands["torch_fold_cl_noaux"] = (fast_call, torch_run(fast))
     if "ort" in _csv(opts.backends):
         sess = OrtPersonModel(_onnx_for("b0", model, opts, tmp, cache), threads=opts.threads)
-        cands["ort_fp32"] = ("streamseg.models.onnx_export.export_onnx(model, path, height=H, width=W); "
-                             "streamseg.models.ort_backend.OrtPersonModel(path)(images_np, rois_np)",
-                             _ort_callable(sess, images, rois))
-        if "int8" in _csv(opts.precisions) and opts.calib_video:  # shown for its speed; its masks move
+        ort_call = (
+            "streamseg.models.onnx_export.export_onnx(model, path, height=H, width=W); "
+            "streamseg.models.ort_backend.OrtPersonModel(path)(images_np, rois_np)"
+        )
+        cands["ort_fp32"] = (ort_call, _ort_callable(sess, images, rois))
+        if (
+            "int8" in _csv(opts.precisions) and opts.calib_video
+        ):  # shown for its speed; its masks move
             q_path, _ = _int8_for("b0", cache["onnx:b0"], opts, cache)
-            cands["ort_int8"] = ("streamseg.models.quantize.quantize_person_model(fp32_path, int8_path, video); "
-                                 "OrtPersonModel(int8_path)(images_np, rois_np)",
-                                 _ort_callable(OrtPersonModel(q_path, threads=opts.threads), images, rois))
+            int8_call = (
+                "streamseg.models.quantize.quantize_person_model(fp32_path, int8_path, video); "
+                "OrtPersonModel(int8_path)(images_np, rois_np)"
+            )
+            cands["ort_int8"] = (
+                int8_call,
+                _ort_callable(OrtPersonModel(q_path, threads=opts.threads), images, rois),
+            )
     # warm everything once, keep the reference output
     ref_out = ref()["masks"]
     checks = {k: compare_masks(ref_out, fn()["masks"]) for k, (_, fn) in cands.items()}
@@ -420,9 +555,15 @@ def speed_target(opts: argparse.Namespace, tmp: Path, cache: dict[str, Any]) -> 
             times[k].append(time.perf_counter() - t0)
     ref_med = statistics.median(times["reference"])
     result: dict[str, Any] = {
-        "variant": "b0", "rois": n_rois, "image_size": [opts.height, opts.width], "weights": weights,
-        "reference": {"call": "model(images, rois) under torch.no_grad() (aux heads on, no fusion, fp32, NCHW)",
-                      "times_s": times["reference"], "median_s": ref_med},
+        "variant": "b0",
+        "rois": n_rois,
+        "image_size": [opts.height, opts.width],
+        "weights": weights,
+        "reference": {
+            "call": "model(images, rois) under torch.no_grad() (aux heads on, no fusion, fp32, NCHW)",
+            "times_s": times["reference"],
+            "median_s": ref_med,
+        },
         "tolerance": {"masks_max_abs_diff": MASK_ATOL, "argmax_agree_min": ARGMAX_MIN_AGREE},
         "candidates": {},
     }
@@ -430,17 +571,30 @@ def speed_target(opts: argparse.Namespace, tmp: Path, cache: dict[str, Any]) -> 
     for k, (call, _) in cands.items():
         med = statistics.median(times[k])
         paired = statistics.median(r / c for r, c in zip(times["reference"], times[k]))
-        ok = checks[k]["masks_max_abs_diff"] <= MASK_ATOL and checks[k]["argmax_agree"] >= ARGMAX_MIN_AGREE
-        result["candidates"][k] = {"call": call, "times_s": times[k], "median_s": med,
-                                   "time_ratio_vs_reference": med / ref_med, "speedup_paired_median": paired,
-                                   "outputs_unchanged": ok, **checks[k]}
+        ok = (
+            checks[k]["masks_max_abs_diff"] <= MASK_ATOL
+            and checks[k]["argmax_agree"] >= ARGMAX_MIN_AGREE
+        )
+        result["candidates"][k] = {
+            "call": call,
+            "times_s": times[k],
+            "median_s": med,
+            "time_ratio_vs_reference": med / ref_med,
+            "speedup_paired_median": paired,
+            "outputs_unchanged": ok,
+            **checks[k],
+        }
         if ok and ref_med / med > best_ratio:
             best, best_ratio = k, ref_med / med
     result["chosen"] = best
     result["chosen_time_ratio"] = (1.0 / best_ratio) if best else None
     result["target_met"] = bool(best) and (1.0 / best_ratio) <= 0.5
-    log.info("speed target: %s at %.2fx the reference time (%s)", best, result["chosen_time_ratio"] or float("nan"),
-             "met" if result["target_met"] else "NOT met")
+    log.info(
+        "speed target: %s at %.2fx the reference time (%s)",
+        best,
+        result["chosen_time_ratio"] or float("nan"),
+        "met" if result["target_met"] else "NOT met",
+    )
     return result
 
 
@@ -450,7 +604,9 @@ def run_bench(opts: argparse.Namespace) -> dict[str, Any]:
     variants = [v.lower() for v in _csv(opts.variants)]
     bad = [v for v in variants if v not in ALL_VARIANTS]
     if bad:
-        raise UserError(f"bench model --variants: unknown {bad}; allowed: {', '.join(ALL_VARIANTS)}")
+        raise UserError(
+            f"bench model --variants: unknown {bad}; allowed: {', '.join(ALL_VARIANTS)}"
+        )
     if opts.quick:
         variants = [v for v in variants if not v.startswith("b7")]
         opts.repeats = 1
@@ -461,7 +617,9 @@ def run_bench(opts: argparse.Namespace) -> dict[str, Any]:
         if v not in ("torch", "ort"):
             raise UserError(f"bench model --backends: unknown {v!r}; allowed: torch, ort")
     if opts.height % 32 or opts.width % 32:
-        raise UserError(f"bench model --height/--width must be multiples of 32, got {opts.height}x{opts.width}")
+        raise UserError(
+            f"bench model --height/--width must be multiples of 32, got {opts.height}x{opts.width}"
+        )
     opts.device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if opts.threads:
         torch.set_num_threads(opts.threads)
@@ -470,7 +628,11 @@ def run_bench(opts: argparse.Namespace) -> dict[str, Any]:
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(),
         "note": opts.note,
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opts).items() if k not in ("out", "note")},
+        "config": {
+            k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in vars(opts).items()
+            if k not in ("out", "note")
+        },
         "variants": {},
     }
     t_start = time.perf_counter()
@@ -504,12 +666,16 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(result, indent=2) + "\n")
     for name, v in result["variants"].items():
         for r in v["runs"]:
-            print(f"{name:12s} {r['backend']:5s} {r['precision']:5s} {r['rois']:2d} ROIs  "
-                  f"{r['median_s'] * 1000:8.1f} ms  (min {r['min_s'] * 1000:.1f})  "
-                  f"argmax agree {r['argmax_agree']:.4f}")
+            print(
+                f"{name:12s} {r['backend']:5s} {r['precision']:5s} {r['rois']:2d} ROIs  "
+                f"{r['median_s'] * 1000:8.1f} ms  (min {r['min_s'] * 1000:.1f})  "
+                f"argmax agree {r['argmax_agree']:.4f}"
+            )
     st = result.get("speed_target")
     if st:
-        print(f"speed target (B0, {st['rois']} ROIs): reference {st['reference']['median_s']:.3f} s; chosen "
-              f"{st['chosen']} at {st['chosen_time_ratio'] or float('nan'):.2f}x the reference time")
+        print(
+            f"speed target (B0, {st['rois']} ROIs): reference {st['reference']['median_s']:.3f} s; chosen "
+            f"{st['chosen']} at {st['chosen_time_ratio'] or float('nan'):.2f}x the reference time"
+        )
     print(f"wrote {out}")
     return 0

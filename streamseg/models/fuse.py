@@ -42,8 +42,11 @@ class _DropAct(nn.Module):
 @torch.no_grad()
 def fold_bn_into_conv(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> None:
     """Rewrite ``conv`` in place so that ``conv(x) == bn(conv(x))`` in eval mode (float64 maths)."""
-    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps) if bn.affine else \
-        1.0 / torch.sqrt(bn.running_var.double() + bn.eps)
+    scale = (
+        bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+        if bn.affine
+        else 1.0 / torch.sqrt(bn.running_var.double() + bn.eps)
+    )
     shift = bn.bias.double() if bn.affine else torch.zeros_like(scale)
     w = conv.weight.double()
     if isinstance(conv, nn.ConvTranspose2d):
@@ -63,7 +66,9 @@ def fold_bn_into_conv(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d) 
         conv.bias.copy_(b.to(conv.bias.dtype))
 
 
-def find_conv_bn_pairs(model: nn.Module, run: Callable[[nn.Module], object]) -> list[tuple[str, str]]:
+def find_conv_bn_pairs(
+    model: nn.Module, run: Callable[[nn.Module], object]
+) -> list[tuple[str, str]]:
     """(conv name, bn name) pairs where the BN directly consumes the conv's output tensor.
 
     ``run(model)`` must execute a forward pass that reaches every layer to be folded.
@@ -80,7 +85,12 @@ def find_conv_bn_pairs(model: nn.Module, run: Callable[[nn.Module], object]) -> 
             last["conv"], last["out"] = None, None
 
     def pre(mod: nn.Module, inp) -> None:
-        if isinstance(mod, nn.BatchNorm2d) and last["conv"] is not None and inp and inp[0] is last["out"]:
+        if (
+            isinstance(mod, nn.BatchNorm2d)
+            and last["conv"] is not None
+            and inp
+            and inp[0] is last["out"]
+        ):
             pairs.append((names[last["conv"]], names[mod]))
 
     for m in model.modules():
@@ -138,8 +148,13 @@ def _person_model_run(model: nn.Module) -> object:
     return model(images, rois, with_aux=True)
 
 
-def optimize_for_inference(model: nn.Module, *, fold_bn: bool = True, channels_last: bool = False,
-                           with_aux: bool | None = None) -> nn.Module:
+def optimize_for_inference(
+    model: nn.Module,
+    *,
+    fold_bn: bool = True,
+    channels_last: bool = False,
+    with_aux: bool | None = None,
+) -> nn.Module:
     """An eval-mode COPY of ``model`` made faster without changing its outputs (within ~1e-5).
 
     The original model is left untouched (its weights and BatchNorms stay trainable/loadable).

@@ -48,7 +48,9 @@ class ExportWrapper(nn.Module):
             ra.gather_per_roi = True  # no traced "batch == 1" branch: dynamic batch stays correct
             ra.scale_hw = (float(height), float(width))
 
-    def forward(self, images: torch.Tensor, rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, rois: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.model(images, rois, with_aux=False)
         masks = dilate_target_logits(out["masks"], self.dilation)
         return masks, binary_person_prob(out["full_image_logits"])
@@ -56,11 +58,20 @@ class ExportWrapper(nn.Module):
 
 def _check_size(height: int, width: int) -> None:
     if height <= 0 or width <= 0 or height % 32 or width % 32:
-        raise UserError(f"export --height/--width must be positive multiples of 32, got {height}x{width}")
+        raise UserError(
+            f"export --height/--width must be positive multiples of 32, got {height}x{width}"
+        )
 
 
-def export_metadata(model: nn.Module, height: int, width: int, opset: int, dilation: int,
-                    dynamic_batch: bool, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def export_metadata(
+    model: nn.Module,
+    height: int,
+    width: int,
+    opset: int,
+    dilation: int,
+    dynamic_batch: bool,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """What a consumer needs to feed the graph and read its outputs (also stored in the ONNX)."""
     from .. import __version__
 
@@ -77,16 +88,26 @@ def export_metadata(model: nn.Module, height: int, width: int, opset: int, dilat
         "image_size": [int(height), int(width)],
         "dilation": int(dilation),
         "opset": int(opset),
+        "precision": "fp32",
         "inputs": {
             "images": {"shape": [b, 3, height, width], "dtype": "float32", "range": "[0,1] RGB"},
-            "rois": {"shape": ["num_rois", 5], "dtype": "float32",
-                     "layout": "batch_index, x1, y1, x2, y2 normalised to [0,1]"},
+            "rois": {
+                "shape": ["num_rois", 5],
+                "dtype": "float32",
+                "layout": "batch_index, x1, y1, x2, y2 normalised to [0,1]",
+            },
         },
         "outputs": {
-            "masks": {"shape": ["num_rois", 3, hm, wm], "dtype": "float32",
-                      "meaning": "3-class logits: 0 background, 1 target person, 2 other person"},
-            "binary_masks": {"shape": [b, 1, height, width], "dtype": "float32",
-                             "meaning": "full-frame person probability"},
+            "masks": {
+                "shape": ["num_rois", 3, hm, wm],
+                "dtype": "float32",
+                "meaning": "3-class logits: 0 background, 1 target person, 2 other person",
+            },
+            "binary_masks": {
+                "shape": [b, 1, height, width],
+                "dtype": "float32",
+                "meaning": "full-frame person probability",
+            },
         },
         "streamseg_version": __version__,
         "torch_version": torch.__version__,
@@ -94,9 +115,17 @@ def export_metadata(model: nn.Module, height: int, width: int, opset: int, dilat
     }
 
 
-def export_onnx(model: nn.Module, path: str | Path, *, height: int = 640, width: int = 640,
-                opset: int = 17, dynamic_batch: bool = True, dilation: int = 0,
-                extra_metadata: dict[str, Any] | None = None) -> Path:
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    height: int = 640,
+    width: int = 640,
+    opset: int = 17,
+    dynamic_batch: bool = True,
+    dilation: int = 0,
+    extra_metadata: dict[str, Any] | None = None,
+) -> Path:
     """Write ``model`` as ONNX (TorchScript exporter) plus ``<path>.json`` metadata; returns the path.
 
     The model itself is not modified (a folded, eval-mode copy is exported).
@@ -111,8 +140,14 @@ def export_onnx(model: nn.Module, path: str | Path, *, height: int = 640, width:
     m = optimize_for_inference(copy.deepcopy(model).float().cpu(), fold_bn=True, with_aux=False)
     wrapper = ExportWrapper(m, height, width, dilation).eval()
     images = torch.rand(2 if dynamic_batch else 1, 3, height, width)
-    rois = torch.tensor([[0, 0.10, 0.20, 0.45, 0.90], [1 if dynamic_batch else 0, 0.5, 0.1, 0.9, 0.8],
-                         [0, 0.0, 0.0, 1.0, 1.0]], dtype=torch.float32)
+    rois = torch.tensor(
+        [
+            [0, 0.10, 0.20, 0.45, 0.90],
+            [1 if dynamic_batch else 0, 0.5, 0.1, 0.9, 0.8],
+            [0, 0.0, 0.0, 1.0, 1.0],
+        ],
+        dtype=torch.float32,
+    )
     axes: dict[str, dict[int, str]] = {"rois": {0: "num_rois"}, "masks": {0: "num_rois"}}
     if dynamic_batch:
         axes["images"] = {0: "batch"}
@@ -120,9 +155,17 @@ def export_onnx(model: nn.Module, path: str | Path, *, height: int = 640, width:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about python ints from shapes
         with torch.no_grad():
-            torch.onnx.export(wrapper, (images, rois), str(out), input_names=INPUT_NAMES,
-                              output_names=OUTPUT_NAMES, dynamic_axes=axes, opset_version=opset,
-                              do_constant_folding=True, dynamo=False)
+            torch.onnx.export(
+                wrapper,
+                (images, rois),
+                str(out),
+                input_names=INPUT_NAMES,
+                output_names=OUTPUT_NAMES,
+                dynamic_axes=axes,
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
     meta = export_metadata(model, height, width, opset, dilation, dynamic_batch, extra_metadata)
     proto = onnx.load(str(out))
     _fix_output_shapes(proto, meta)
@@ -131,7 +174,15 @@ def export_onnx(model: nn.Module, path: str | Path, *, height: int = 640, width:
     proto.producer_name = "streamseg"
     onnx.save(proto, str(out))
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
-    log.info("exported %s (%s, %dx%d, opset %d, dilation %d)", out, meta["variant"], height, width, opset, dilation)
+    log.info(
+        "exported %s (%s, %dx%d, opset %d, dilation %d)",
+        out,
+        meta["variant"],
+        height,
+        width,
+        opset,
+        dilation,
+    )
     return out
 
 
@@ -158,11 +209,15 @@ def load_model_for_export(checkpoint: str) -> nn.Module:
         return load_checkpoint(p)
     key = checkpoint.lower().replace("_", "-")
     if key in list_models():
-        log.warning("exporting variant '%s' with UNTRAINED random weights (no checkpoint given)", key)
+        log.warning(
+            "exporting variant '%s' with UNTRAINED random weights (no checkpoint given)", key
+        )
         torch.manual_seed(0)
         return create_model(key).eval()
-    raise UserError(f"export: '{checkpoint}' is neither an existing checkpoint file nor a model name "
-                    f"({', '.join(list_models())})")
+    raise UserError(
+        f"export: '{checkpoint}' is neither an existing checkpoint file nor a model name "
+        f"({', '.join(list_models())})"
+    )
 
 
 def export_main(args: argparse.Namespace) -> int:
@@ -179,20 +234,43 @@ def export_main(args: argparse.Namespace) -> int:
     if out.suffix.lower() != ".onnx":
         raise UserError(f"export output must end in .onnx, got {out}")
     if int8 and not calib_video:
-        raise UserError("export --int8 needs --calib-video PATH (frames of real footage for calibration)")
+        raise UserError(
+            "export --int8 needs --calib-video PATH (frames of real footage for calibration)"
+        )
     if int8 and not Path(calib_video).is_file():
         raise UserError(f"export --calib-video: file not found: {calib_video}")
     model = load_model_for_export(str(args.checkpoint))
     extra = {"source": str(args.checkpoint), "untrained": not Path(str(args.checkpoint)).exists()}
     if not int8:
-        export_onnx(model, out, height=height, width=width, opset=opset, dilation=dilation, extra_metadata=extra)
+        export_onnx(
+            model,
+            out,
+            height=height,
+            width=width,
+            opset=opset,
+            dilation=dilation,
+            extra_metadata=extra,
+        )
         print(f"wrote {out} and {out.with_suffix('.json')}")
         return 0
     from .quantize import quantize_person_model
 
     fp32 = out.with_name(out.stem + "_fp32.onnx")
-    export_onnx(model, fp32, height=height, width=width, opset=opset, dilation=dilation, extra_metadata=extra)
+    export_onnx(
+        model,
+        fp32,
+        height=height,
+        width=width,
+        opset=opset,
+        dilation=dilation,
+        extra_metadata=extra,
+    )
     report = quantize_person_model(fp32, out, calib_video, calib_frames=calib_frames)
-    print(f"wrote {out} (INT8) and {fp32} (FP32); held-out target-mask IoU INT8 vs FP32 "
-          f"{report['mean_target_iou']:.3f}, speed x{report['speedup']:.2f}")
+    meta = json.loads(fp32.with_suffix(".json").read_text())
+    meta.update({"precision": "int8", "fp32_model": fp32.name, "int8_quantisation": report})
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(
+        f"wrote {out} (INT8) and {fp32} (FP32); held-out target-mask IoU INT8 vs FP32 "
+        f"{report['mean_target_iou']:.3f}, speed x{report['speedup']:.2f}"
+    )
     return 0

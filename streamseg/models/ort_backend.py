@@ -42,7 +42,9 @@ def default_providers() -> list[str]:
 class OrtPersonModel:
     """Run an exported person model with ONNX Runtime: ``model(images, rois) -> dict of arrays``."""
 
-    def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None):
+    def __init__(
+        self, path: str | Path, providers: list[str] | None = None, threads: int | None = None
+    ):
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -53,14 +55,18 @@ class OrtPersonModel:
         if threads:
             so.intra_op_num_threads = int(threads)
         try:
-            self.session = ort.InferenceSession(str(self.path), so, providers=providers or default_providers())
+            self.session = ort.InferenceSession(
+                str(self.path), so, providers=providers or default_providers()
+            )
         except Exception as e:  # noqa: BLE001 - onnxruntime raises several unrelated types
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             raise CheckpointError(f"{self.path}: not a loadable ONNX model ({first})") from None
         ins = {i.name: i for i in self.session.get_inputs()}
         outs = {o.name: o for o in self.session.get_outputs()}
         if set(ins) != {"images", "rois"}:
-            raise CheckpointError(f"{self.path}: expected ONNX inputs 'images' and 'rois', found {sorted(ins)}")
+            raise CheckpointError(
+                f"{self.path}: expected ONNX inputs 'images' and 'rois', found {sorted(ins)}"
+            )
         raw = self.session.get_modelmeta().custom_metadata_map.get("streamseg")
         self.metadata: dict[str, Any] = json.loads(raw) if raw else {}
         if "instance_masks" in outs:
@@ -68,15 +74,21 @@ class OrtPersonModel:
         elif "masks" in outs:
             self.flavour = "streamseg" if self.metadata else "upstream-legacy"
         else:
-            raise CheckpointError(f"{self.path}: expected an output 'masks' or 'instance_masks', found {sorted(outs)}")
+            raise CheckpointError(
+                f"{self.path}: expected an output 'masks' or 'instance_masks', found {sorted(outs)}"
+            )
         self.has_logits = self.flavour != "upstream"
         self._mask_name = "instance_masks" if self.flavour == "upstream" else "masks"
         self._outputs = [self._mask_name] + (["binary_masks"] if "binary_masks" in outs else [])
         shape = ins["images"].shape
         self.input_hw: tuple[int, int] = self._static_hw(shape[2:], "image_size")
-        self.mask_hw: tuple[int, int] = self._static_hw(outs[self._mask_name].shape[2:], "mask_size")
+        self.mask_hw: tuple[int, int] = self._static_hw(
+            outs[self._mask_name].shape[2:], "mask_size"
+        )
         self.fixed_batch: int | None = shape[0] if isinstance(shape[0], int) else None
-        log.debug("%s: %s export, input %s, mask %s", self.path, self.flavour, self.input_hw, self.mask_hw)
+        log.debug(
+            "%s: %s export, input %s, mask %s", self.path, self.flavour, self.input_hw, self.mask_hw
+        )
 
     def _static_hw(self, dims: list[Any], meta_key: str) -> tuple[int, int]:
         if len(dims) == 2 and all(isinstance(d, int) for d in dims):
@@ -95,10 +107,19 @@ class OrtPersonModel:
         images = np.ascontiguousarray(images, dtype=np.float32)
         rois = np.ascontiguousarray(rois, dtype=np.float32).reshape(-1, 5)
         if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != self.input_hw:
-            raise ValueError(f"images must be [B,3,{self.input_hw[0]},{self.input_hw[1]}], got {images.shape}")
+            raise ValueError(
+                f"images must be [B,3,{self.input_hw[0]},{self.input_hw[1]}], got {images.shape}"
+            )
         n = rois.shape[0]
-        feed_rois = rois if n else np.array([[0, 0, 0, 1, 1]], dtype=np.float32)  # graphs dislike N=0
-        res = dict(zip(self._outputs, self.session.run(self._outputs, {"images": images, "rois": feed_rois})))
+        feed_rois = (
+            rois if n else np.array([[0, 0, 0, 1, 1]], dtype=np.float32)
+        )  # graphs dislike N=0
+        res = dict(
+            zip(
+                self._outputs,
+                self.session.run(self._outputs, {"images": images, "rois": feed_rois}),
+            )
+        )
         mask = res[self._mask_name][:n]
         out: dict[str, np.ndarray] = {}
         if self.flavour == "upstream":

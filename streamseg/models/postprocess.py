@@ -26,7 +26,7 @@ def dilate_target_logits(masks: torch.Tensor, pixels: int) -> torch.Tensor:
         return masks
     if masks.dim() != 4 or masks.shape[1] != 3:
         raise ValueError(f"masks must be [N,3,H,W] logits, got {tuple(masks.shape)}")
-    prob = torch.softmax(masks, dim=1)[:, TARGET_CLASS:TARGET_CLASS + 1]
+    prob = torch.softmax(masks, dim=1)[:, TARGET_CLASS : TARGET_CLASS + 1]
     pooled = F.max_pool2d(prob, kernel_size=2 * k + 1, stride=1, padding=k)
     grow = (pooled - prob) > DILATION_THRESHOLD
     boost = torch.where(grow, torch.full_like(prob, DILATION_BOOST), torch.zeros_like(prob))

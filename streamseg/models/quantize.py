@@ -66,7 +66,9 @@ def hog_person_boxes(frame_rgb: np.ndarray, max_boxes: int = 8) -> np.ndarray:
     return np.stack([r[:, 0], r[:, 1], r[:, 0] + r[:, 2], r[:, 1] + r[:, 3]], axis=1)
 
 
-def to_model_inputs(frame_rgb: np.ndarray, boxes_px: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def to_model_inputs(
+    frame_rgb: np.ndarray, boxes_px: np.ndarray, hw: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Resize a frame to the export size ([1,3,H,W] float32 in [0,1]) and normalise its boxes."""
     import cv2
 
@@ -82,10 +84,13 @@ def to_model_inputs(frame_rgb: np.ndarray, boxes_px: np.ndarray, hw: tuple[int, 
     return np.ascontiguousarray(images), np.ascontiguousarray(rois)
 
 
-def footage_samples(video: str | Path, count: int, hw: tuple[int, int], step: int = 5,
-                    start: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+def footage_samples(
+    video: str | Path, count: int, hw: tuple[int, int], step: int = 5, start: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """(images, rois) model inputs from ``count`` frames with HOG person boxes."""
-    return [to_model_inputs(f, hog_person_boxes(f), hw) for f in read_frames(video, count, step, start)]
+    return [
+        to_model_inputs(f, hog_person_boxes(f), hw) for f in read_frames(video, count, step, start)
+    ]
 
 
 class _Reader:
@@ -100,9 +105,14 @@ class _Reader:
 
 
 # ----------------------------------------------------------------------------- quantise and compare
-def quantize_onnx(fp32_path: str | Path, int8_path: str | Path,
-                  samples: list[tuple[np.ndarray, np.ndarray]], *, op_types: list[str] | None = None,
-                  exclude_prefixes: tuple[str, ...] = ()) -> Path:
+def quantize_onnx(
+    fp32_path: str | Path,
+    int8_path: str | Path,
+    samples: list[tuple[np.ndarray, np.ndarray]],
+    *,
+    op_types: list[str] | None = None,
+    exclude_prefixes: tuple[str, ...] = (),
+) -> Path:
     """Static INT8 (QDQ, per-channel weights) of ``fp32_path`` calibrated on ``samples``.
 
     ``op_types`` limits which operator types get quantised (None: all ORT supports);
@@ -125,16 +135,29 @@ def quantize_onnx(fp32_path: str | Path, int8_path: str | Path,
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         model_in = pre
     except Exception as e:  # noqa: BLE001 - optional step; quantise the raw graph instead
-        log.warning("quantisation pre-processing skipped (%s)", str(e).splitlines()[0][:120] if str(e) else type(e).__name__)
+        log.warning(
+            "quantisation pre-processing skipped (%s)",
+            str(e).splitlines()[0][:120] if str(e) else type(e).__name__,
+        )
         model_in = src
     nodes = onnx.load(str(model_in), load_external_data=False).graph.node
-    exclude = [n.name for n in nodes if exclude_prefixes and n.name.startswith(tuple(exclude_prefixes))]
+    exclude = [
+        n.name for n in nodes if exclude_prefixes and n.name.startswith(tuple(exclude_prefixes))
+    ]
     try:
-        quantize_static(str(model_in), str(dst), _Reader(samples), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=op_types, nodes_to_exclude=exclude,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"WeightSymmetric": True})
+        quantize_static(
+            str(model_in),
+            str(dst),
+            _Reader(samples),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=op_types,
+            nodes_to_exclude=exclude,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"WeightSymmetric": True},
+        )
     finally:
         if pre.exists():
             pre.unlink()
@@ -159,8 +182,13 @@ def target_iou(a_logits: np.ndarray, b_logits: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
 
 
-def compare_models(fp32_path: str | Path, int8_path: str | Path, samples: list[tuple[np.ndarray, np.ndarray]],
-                   threads: int | None = None, repeats: int = 1) -> dict[str, Any]:
+def compare_models(
+    fp32_path: str | Path,
+    int8_path: str | Path,
+    samples: list[tuple[np.ndarray, np.ndarray]],
+    threads: int | None = None,
+    repeats: int = 1,
+) -> dict[str, Any]:
     """Mean target-mask IoU INT8 vs FP32 over held-out samples, and median latency of each graph."""
     from .ort_backend import OrtPersonModel
 
@@ -197,9 +225,15 @@ def compare_models(fp32_path: str | Path, int8_path: str | Path, samples: list[t
     }
 
 
-def quantize_person_model(fp32_path: str | Path, int8_path: str | Path, calib_video: str | Path,
-                          calib_frames: int = 32, held_out_frames: int = 8, step: int = 5,
-                          threads: int | None = None) -> dict[str, Any]:
+def quantize_person_model(
+    fp32_path: str | Path,
+    int8_path: str | Path,
+    calib_video: str | Path,
+    calib_frames: int = 32,
+    held_out_frames: int = 8,
+    step: int = 5,
+    threads: int | None = None,
+) -> dict[str, Any]:
     """Calibrate on ``calib_frames`` frames, quantise, compare on ``held_out_frames`` later frames.
 
     Calibration frames are every ``step``-th frame from the start; held-out frames come after them
@@ -211,16 +245,28 @@ def quantize_person_model(fp32_path: str | Path, int8_path: str | Path, calib_vi
         raise UserError(f"export --calib-frames must be >= 1, got {calib_frames}")
     hw = OrtPersonModel(fp32_path, threads=threads).input_hw
     calib = footage_samples(calib_video, calib_frames, hw, step=step)
-    held = footage_samples(calib_video, held_out_frames, hw, step=step, start=calib_frames * step + 1) \
-        if held_out_frames > 0 else []
+    held = (
+        footage_samples(calib_video, held_out_frames, hw, step=step, start=calib_frames * step + 1)
+        if held_out_frames > 0
+        else []
+    )
     if not held:
         held = calib[-1:]
     t0 = time.perf_counter()
     quantize_onnx(fp32_path, int8_path, calib)
-    report = {"calib_video": str(calib_video), "calib_frames": len(calib),
-              "calib_rois": int(sum(len(r) for _, r in calib)), "quantize_s": time.perf_counter() - t0,
-              **compare_models(fp32_path, int8_path, held, threads=threads)}
+    report = {
+        "calib_video": str(calib_video),
+        "calib_frames": len(calib),
+        "calib_rois": int(sum(len(r) for _, r in calib)),
+        "quantize_s": time.perf_counter() - t0,
+        **compare_models(fp32_path, int8_path, held, threads=threads),
+    }
     Path(int8_path).with_suffix(".quant.json").write_text(json.dumps(report, indent=2) + "\n")
-    log.info("INT8 %s: mean target IoU vs FP32 %.3f on %d held-out ROIs, speed x%.2f",
-             int8_path, report["mean_target_iou"], report["rois"], report["speedup"])
+    log.info(
+        "INT8 %s: mean target IoU vs FP32 %.3f on %d held-out ROIs, speed x%.2f",
+        int8_path,
+        report["mean_target_iou"],
+        report["rois"],
+        report["speedup"],
+    )
     return report
