@@ -55,7 +55,9 @@ class Detections:
     def __post_init__(self) -> None:
         self.xyxy = np.asarray(self.xyxy, np.float32).reshape(-1, 4)
         n = len(self.xyxy)
-        self.scores = np.asarray(self.scores, np.float32).reshape(n)
+        self.scores = (
+            np.ones(n, np.float32) if len(self.scores) == 0 and n else np.asarray(self.scores, np.float32).reshape(n)
+        )
         self.track_ids = (
             np.full(n, -1, np.int64) if len(self.track_ids) == 0 and n else np.asarray(self.track_ids, np.int64).reshape(n)
         )
