@@ -54,7 +54,10 @@ def build_model(cfg: PipelineConfig) -> tuple[Any, str | None]:
                     "and every output frame is watermarked. Point model.weights at a checkpoint for real masks.")
         return create_model(m.name, roi_size=m.roi_size, mask_size=m.mask_size), UNTRAINED_WATERMARK
     if path.suffix.lower() == ".onnx":
-        raise UserError(f"model.weights: {path} is an ONNX file; set model.backend: onnxruntime and model.onnx to use it")
+        from .models.ort_backend import OrtPersonModel
+
+        log.info("model.weights %s is an ONNX export: running it with ONNX Runtime", path)
+        return OrtPersonModel(str(path), threads=cfg.runtime.threads), None
     model = load_checkpoint(path, roi_size=m.roi_size, mask_size=m.mask_size)
     if model.spec.name != m.name:
         log.warning("model.weights holds a %s model; using it (model.name %s ignored)", model.spec.name, m.name)
