@@ -162,7 +162,15 @@ class Pipeline:
         self.config_path = config_path
         self.stop_signal: int | None = None
         self._abort = False
+        self._stop_requested = False
+        self.source = None
         self.metrics = RunMetrics(cfg.metrics.latency_window_s)
+
+    def stop(self) -> None:
+        """Stop a running pipeline from another thread (finalises outputs; exit code stays 0)."""
+        self._stop_requested = True
+        if self.source is not None:
+            self.source.stop()
 
     # ------------------------------------------------------------------ signals
     def _on_signal(self, signum: int, _frame: Any) -> None:
@@ -227,7 +235,7 @@ class Pipeline:
                 for frame, masks_raw in zip(frames, masks_list):
                     self._finish_frame(frame, masks_raw, smoother, flicker_raw, flicker_out, sinks, watermark)
                     progress.update()
-            if info.is_live and self.stop_signal is None:
+            if info.is_live and self.stop_signal is None and not self._stop_requested:
                 log.warning("live source ended: %s", info.uri)
         finally:
             t_close = time.perf_counter()
@@ -260,7 +268,7 @@ class Pipeline:
             t0 = time.perf_counter()
             frame = self.source.read(timeout=0.5)
             if frame is None:
-                if self.source.ended or self.stop_signal is not None:
+                if self.source.ended or self.stop_signal is not None or self._stop_requested:
                     break
                 continue
             frames = [frame]
