@@ -63,6 +63,7 @@ class _Batch:
     outputs: Any = None
     done: Any = None
     t0: float = 0.0
+    busy_s: float = 0.0  # time spent in stage/launch/finish of this batch only
 
 
 class Segmenter:
@@ -108,8 +109,9 @@ class Segmenter:
     def stage(self, frames: list[Frame], dets: list[Detections]) -> _Batch:
         """Preprocess on the host and start the host->device copy (async on CUDA)."""
         h, w = self.opt.input_size
+        t0 = time.perf_counter()
         batch = _Batch(frames, dets, [plan_resize((f.height, f.width), (h, w), self.opt.resize) for f in frames])
-        batch.t0 = time.perf_counter()
+        batch.t0 = t0
         host = self._host_buffer(len(frames), h, w)
         host_np = host.numpy()
         rois = []
@@ -131,6 +133,7 @@ class Segmenter:
                 batch.ready.record()
         else:
             batch.images, batch.rois = host.clone(), rois_t
+        batch.busy_s += time.perf_counter() - t0
         return batch
 
     @torch.inference_mode()
@@ -217,13 +220,21 @@ class Segmenter:
             staged = self.stage(frames, dets)
             if pending is not None:
                 yield pending.frames, self._timed_finish(pending)
-            pending = self.launch(staged)
+            pending = self._timed_launch(staged)
         if pending is not None:
             yield pending.frames, self._timed_finish(pending)
 
+    def _timed_launch(self, batch: _Batch) -> _Batch:
+        t0 = time.perf_counter()
+        self.launch(batch)
+        batch.busy_s += time.perf_counter() - t0
+        return batch
+
     def _timed_finish(self, batch: _Batch) -> list[PersonMasks]:
+        t0 = time.perf_counter()
         out = self.finish(batch)
-        self.last_seconds = time.perf_counter() - batch.t0
+        # Busy time of this batch only (not the next batch's reading/detection that overlaps it).
+        self.last_seconds = batch.busy_s + time.perf_counter() - t0
         return out
 
 

@@ -67,7 +67,7 @@ def test_inference_without_aux_heads_gives_same_masks(parity, upstream_ckpt):
     with torch.inference_mode():
         out = model(parity["inputs"]["images"], parity["inputs"]["rois"], with_aux=False)
     assert "contours" not in out and "distance_map" not in out
-    assert torch.equal(out["masks"], parity["outputs"]["masks"])
+    assert (out["masks"] - parity["outputs"]["masks"]).abs().max() <= 1e-4  # thread count varies the sums
 
 
 @pytest.mark.parametrize("variant,name", [("B0", "b0"), ("B1", "b1"), ("B7", "b7"), ("B0_enhanced", "b0-enhanced"),
@@ -150,7 +150,7 @@ def test_streamseg_format_round_trip(tmp_path, parity, upstream_ckpt):
     again = load_checkpoint(path)
     with torch.inference_mode():
         out = again(parity["inputs"]["images"], parity["inputs"]["rois"], with_aux=False)
-    assert torch.equal(out["masks"], parity["outputs"]["masks"])
+    assert (out["masks"] - parity["outputs"]["masks"]).abs().max() <= 1e-4  # thread count varies the sums
 
 
 def test_convert_command_writes_streamseg_format(tmp_path, upstream_ckpt):
