@@ -70,13 +70,19 @@ def build_detector(cfg: PipelineConfig):
     return detector_from_config(cfg.detector)
 
 
+def reconnect_policy(r: Any):
+    """The source/sink ReconnectPolicy for a config ``reconnect`` section."""
+    from .sources import ReconnectPolicy
+
+    return ReconnectPolicy(enabled=r.enabled, backoff_base_s=r.backoff_base_s, backoff_max_s=r.backoff_max_s,
+                           max_attempts=r.max_attempts, stall_timeout_s=r.stall_timeout_s)
+
+
 def build_source(cfg: PipelineConfig):
-    from .sources import ReconnectPolicy, open_source
+    from .sources import open_source
 
     s = cfg.source
-    r = s.reconnect
-    policy = ReconnectPolicy(enabled=r.enabled, backoff_base_s=r.backoff_base_s, backoff_max_s=r.backoff_max_s,
-                             max_attempts=r.max_attempts, stall_timeout_s=r.stall_timeout_s)
+    policy = reconnect_policy(s.reconnect)
     size = s.size_wh
     return open_source(s.uri, kind=s.type, format=s.format, options=dict(s.options), live=s.live,
                        queue_size=s.queue_size, transport=s.transport, open_timeout_s=s.open_timeout_s,
@@ -119,12 +125,8 @@ def build_sinks(cfg: PipelineConfig, info: Any, out_dir: Path | None, metrics: R
                 sinks.append(_VideoSink("video", sink, ann, str(path)))
             elif sc.type == "rtsp":
                 from .sinks.rtsp import RtspSink
-                from .sources import ReconnectPolicy
 
-                r = sc.reconnect
-                policy = ReconnectPolicy(enabled=r.enabled, backoff_base_s=r.backoff_base_s,
-                                         backoff_max_s=r.backoff_max_s, max_attempts=r.max_attempts,
-                                         stall_timeout_s=r.stall_timeout_s)
+                policy = reconnect_policy(sc.reconnect)
 
                 def published(frame: Frame, t: float) -> None:
                     if frame.capture_time:
