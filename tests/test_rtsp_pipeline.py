@@ -126,3 +126,29 @@ def test_dead_url_at_start_is_a_clear_error_within_the_timeout(tmp_path):
         Pipeline(cfg, tmp_path).run()
     assert time.time() - t0 < 5 + 10
     assert "hunter2" not in str(e.value) and "127.0.0.1" in str(e.value)
+
+
+def test_shipped_rtsp_b7_pipeline_runs_rtsp_in_to_rtsp_out(relay_factory, publisher_factory, tmp_path, monkeypatch):
+    """pipelines/rtsp_b7.yaml as shipped, pointed at a local relay (detector swapped for offline HOG)."""
+    from streamseg.config import load_pipeline
+    from tests._shared import ROOT
+
+    relay = relay_factory()
+    publisher_factory(relay.publish_url("live"))
+    monkeypatch.setenv("CAMERA_USER", "cam")
+    monkeypatch.setenv("CAMERA_PASSWORD", "pw123")
+    monkeypatch.setenv("CAMERA_HOST", "127.0.0.1")
+    cfg = load_pipeline(ROOT / "pipelines" / "rtsp_b7.yaml", overrides=[
+        f"source.uri={relay.read_url('live', userinfo='cam:pw123@')}", f"sinks.0.url={relay.publish_url('out')}",
+        "detector.type=hog", "model.input_size=[128,160]", "model.roi_size=[32,24]", "model.mask_size=[64,48]",
+        "source.max_frames=3"], check_files=False)
+    assert cfg.model.name == "b7" and cfg.sinks[0].type == "rtsp"
+    reader = _Reader(relay.read_url("out"))
+    reader.start()
+    code = Pipeline(cfg, tmp_path).run()
+    time.sleep(1.0)
+    reader.stop_flag = True
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert code == 0 and m["frames_out"] == 3
+    assert m["rtsp_out"]["frames_published"] == 3
+    assert "pw123" not in (tmp_path / "metrics.json").read_text()
