@@ -89,7 +89,7 @@ def test_rtsp_pipeline_needs_camera_env_and_hides_password(monkeypatch):
     cfg = load_pipeline(PIPELINES / "rtsp_b7.yaml")
     assert cfg.source.uri == "rtsp://admin:s3cr3t-pw@10.0.0.7:554/stream1"
     assert cfg.source.kind == "rtsp" and cfg.source.is_live and cfg.source.transport == "tcp"
-    assert cfg.model.name == "b7" and cfg.runtime.device == "cuda" and cfg.runtime.precision == "fp16"
+    assert cfg.model.name == "b7" and cfg.runtime.device == "auto" and cfg.runtime.precision == "fp16"
     (sink,) = cfg.sinks
     assert isinstance(sink, RtspSinkConfig) and sink.url == "rtsp://127.0.0.1:8554/streamseg"
     assert cfg.source.reconnect.enabled and cfg.source.reconnect.max_attempts is None
