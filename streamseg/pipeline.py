@@ -230,7 +230,7 @@ class Pipeline:
             log.info("source %s: %sx%s @ %s fps (%s, %s)", info.uri, info.width, info.height,
                      float(info.fps) if info.fps else "?", info.kind, "live" if info.is_live else "file")
             sinks = build_sinks(cfg, info, self.out_dir, self.metrics)
-            progress = _Progress(cfg, info, self.metrics)
+            progress = _Progress(cfg, info, self.metrics, lambda: self.source.stats.frames_dropped)
             batches = self._batches(detector)
             for frames, masks_list in segmenter.stream(batches):
                 self.metrics.stage("segment", segmenter.last_seconds)
@@ -358,11 +358,11 @@ def _optimize(model: Any) -> Any:
 class _Progress:
     """tqdm bar for files (frames, FPS, ETA); a periodic log line for live sources."""
 
-    def __init__(self, cfg: PipelineConfig, info: Any, metrics: RunMetrics):
+    def __init__(self, cfg: PipelineConfig, info: Any, metrics: RunMetrics, source_dropped: Any = lambda: 0):
         mode = cfg.logging.progress
         if mode == "auto":
             mode = "status" if info.is_live else "bar"
-        self.mode, self.metrics, self.info = mode, metrics, info
+        self.mode, self.metrics, self.info, self.source_dropped = mode, metrics, info, source_dropped
         self.interval = cfg.logging.status_interval_s
         self.last = time.time()
         self.bar = None
@@ -382,7 +382,7 @@ class _Progress:
             lat = self.metrics.latency.all
             p95 = sorted(lat)[int(0.95 * (len(lat) - 1))] * 1e3 if lat else float("nan")
             log.info("frames %d, %.2f fps, dropped %d, latency p95 %.0f ms", self.metrics.frames_out,
-                     self.metrics.fps(), sum(self.metrics.dropped.values()), p95)
+                     self.metrics.fps(), sum(self.metrics.dropped.values()) + self.source_dropped(), p95)
 
     def close(self) -> None:
         if self.bar is not None:
