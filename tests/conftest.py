@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ from typing import Iterator
 import pytest
 
 from _shared import shared_file
+
+from streamseg.bench.live import free_port, wait_port  # noqa: F401 - tests import free_port from here
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 RELAY_PATHS = "live,out,recon,relaytest,pw"
@@ -30,21 +31,6 @@ def _missing(reason: str) -> None:
     pytest.skip(reason)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    return False
 
 
 def stop_process(p: subprocess.Popen, kill: bool = False, timeout: float = 3.0) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 
 from ..errors import UserError
 from .machine import machine_info
+from streamseg.metrics import write_json
 
 log = logging.getLogger(__name__)
 
@@ -293,8 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = build_parser().parse_args(argv)
     out = Path(opts.out) if opts.out else default_out()
     result = run_bench(opts)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_json(out, result)
     c2o = result["capture_to_output_latency"]["overall"]
     c2p = (result["capture_to_publish_latency"] or {}).get("overall", {})
     print(f"{result['frames_out']} frames out, {result['fps']:.2f} fps (steady {result['fps_steady'] or float('nan'):.2f}), "

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..errors import UserError
 from .machine import machine_info
+from streamseg.metrics import write_json
 
 log = logging.getLogger(__name__)
 
@@ -207,8 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = build_parser().parse_args(argv)
     out = Path(opts.out) if opts.out else default_out()
     result = run_bench(opts)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_json(out, result)
     steady = result["end_to_end_fps_steady"]
     print(f"end-to-end {result['end_to_end_fps']:.3f} fps (steady {steady or float('nan'):.3f}), "
           f"model-only {result['model_only_fps'] or float('nan'):.3f} fps, ratio {result['ratio'] or float('nan'):.3f} "
