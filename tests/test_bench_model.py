@@ -80,6 +80,15 @@ def test_bench_model_quick_writes_json(tmp_path: Path) -> None:
     }
     assert st["chosen"] in st["candidates"] and st["candidates"][st["chosen"]]["outputs_unchanged"]
     assert st["chosen_time_ratio"] > 0 and isinstance(st["target_met"], bool)
+    floor = st["compute_floor"]
+    peak = floor["peak_gflops_per_s"]
+    assert peak["best"] == max(peak["conv3x3_256_8x64x48"], peak["sgemm_2048"]) > 0
+    # the floor uses the FLOPs of the inference path at this size: fixed + 2 ROIs, no aux heads
+    assert floor["gflops_inference_path"] == pytest.approx(v["gflops"]["2"], rel=1e-6)
+    assert floor["time_floor_s"] == pytest.approx(floor["gflops_inference_path"] / peak["best"])
+    assert floor["time_ratio_floor"] == pytest.approx(
+        floor["time_floor_s"] / st["reference"]["median_s"]
+    )
 
 
 def test_bench_dispatch_and_option_errors(tmp_path: Path) -> None:

@@ -154,14 +154,17 @@ def optimize_for_inference(
     fold_bn: bool = True,
     channels_last: bool = False,
     with_aux: bool | None = None,
+    winograd: int | None = None,
 ) -> nn.Module:
     """An eval-mode COPY of ``model`` made faster without changing its outputs (within ~1e-5).
 
     The original model is left untouched (its weights and BatchNorms stay trainable/loadable).
     ``fold_bn`` merges BatchNorms into the preceding convs; ``channels_last`` stores 4-D weights
     NHWC (inputs may stay NCHW: oneDNN then picks NHWC from the weights); ``with_aux`` set to
-    False drops the contour/distance heads from the default forward. The copy's state_dict no
-    longer matches checkpoints (BN modules are gone): save the original, not the copy.
+    False drops the contour/distance heads from the default forward. ``winograd`` (2 or 4, CPU
+    float32 only, needs ``fold_bn``) replaces the wide 3x3 convs by Winograd F(m x m, 3 x 3) ones
+    (see ``winograd.py``). The copy's state_dict no longer matches checkpoints (BN modules are
+    gone): save the original, not the copy.
     """
     m = copy.deepcopy(model).eval()
     for p in m.parameters():
@@ -173,5 +176,14 @@ def optimize_for_inference(
         log.debug("folded %d BatchNorm layers into convolutions", n)
     if channels_last:
         m = m.to(memory_format=torch.channels_last)
-    m.inference_optimized = {"fold_bn": fold_bn, "channels_last": channels_last}
+    if winograd:
+        if not fold_bn:
+            raise ValueError("winograd needs fold_bn=True (it fuses what follows each conv)")
+        from .winograd import apply_winograd
+
+        n = apply_winograd(m, tile=int(winograd))
+        log.debug("replaced %d 3x3 convolutions by Winograd F(%dx%d, 3x3)", n, winograd, winograd)
+    m.inference_optimized = {
+        "fold_bn": fold_bn, "channels_last": channels_last, "winograd": winograd or None
+    }
     return m
