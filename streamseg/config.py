@@ -444,6 +444,13 @@ class RuntimeConfig(_Section):
     cuda_streams: bool = Field(True, description="Copy the next batch to the GPU on a side stream while the current one computes.")
     pinned_memory: bool = Field(True, description="Use pinned host buffers for host-to-device copies (CUDA).")
     frozen_backbone: bool = Field(True, description="Run the encoder without autograd bookkeeping (inference only).")
+    winograd: Literal["auto", "off", "f2", "f4"] = Field(
+        "auto",
+        description=(
+            "CPU fp32 only: run the 3x3 convolutions of 64+ channels as Winograd F(4x4,3x3) (f4) or F(2x2,3x3) (f2); "
+            "auto = f4 when a C compiler is available. Masks stay within 1e-4 of direct convolution."
+        ),
+    )
 
     @field_validator("device", mode="before")
     @classmethod

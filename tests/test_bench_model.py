@@ -11,6 +11,7 @@ import pytest
 from streamseg.bench import bench_main
 from streamseg.bench.machine import machine_info
 from streamseg.errors import UserError
+from streamseg.models.winograd import kernel_available
 
 TINY = [
     "--variants",
@@ -72,12 +73,16 @@ def test_bench_model_quick_writes_json(tmp_path: Path) -> None:
     assert all(r["masks_max_abs_diff"] < 1e-3 for r in fp32)
     st = res["speed_target"]
     assert st["variant"] == "b0" and st["rois"] == 2
+    winograd = {"torch_fold_cl_noaux_winograd_f2", "torch_fold_cl_noaux_winograd_f4"}
     assert set(st["candidates"]) == {
         "torch_noaux",
         "torch_fold_noaux",
         "torch_fold_cl_noaux",
         "ort_fp32",
-    }
+    } | (winograd if kernel_available() else set())
+    for k in winograd & set(st["candidates"]):
+        assert "winograd=" in st["candidates"][k]["call"]
+        assert st["candidates"][k]["masks_max_abs_diff"] < 1e-3
     assert st["chosen"] in st["candidates"] and st["candidates"][st["chosen"]]["outputs_unchanged"]
     assert st["chosen_time_ratio"] > 0 and isinstance(st["target_met"], bool)
     floor = st["compute_floor"]

@@ -115,7 +115,7 @@ def build_segmenter(cfg: Any) -> Any:
     rt, m = cfg.runtime, cfg.model
     input_size = tuple(model.input_hw) if getattr(model, "input_hw", None) else tuple(m.input_size)
     if isinstance(model, torch.nn.Module):
-        model = _optimize(model)
+        model = _optimize(model, rt)
     return Segmenter(model, SegmenterOptions(
         device=rt.device, precision=rt.precision, input_size=input_size, resize=m.resize, threshold=m.threshold,
         max_rois=m.max_rois, cuda_streams=rt.cuda_streams, pinned_memory=rt.pinned_memory,

@@ -6,7 +6,7 @@ multiplies. Winograd F(m x m, 3 x 3) turns each m x m output tile into (m+2)^2 e
 products: 2.25x fewer multiplies for m=2, 4x for m=4. Here the products are one batched GEMM
 (PyTorch/MKL) and the tile transforms are a small C kernel (``kernels/winograd.c``) compiled on
 first use with the system C compiler, cached under ``$STREAMSEG_CACHE/kernels``, and called via
-ctypes from as many Python threads as torch uses (ctypes releases the GIL). The output transform
+ctypes; it runs on PyTorch's own OpenMP thread pool (same libgomp), torch.get_num_threads() wide. The output transform
 also applies the bias, an optional residual and an optional ReLU, which removes those passes.
 
 Numerics (fp32 against a float64 conv): F(2x2) errs about 2x a direct conv, F(4x4) with the
@@ -24,7 +24,6 @@ import os
 import subprocess
 import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 
@@ -44,7 +43,6 @@ POINTS: dict[int, tuple[Fraction, ...]] = {
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _lib_error: str | None = None
-_pool: ThreadPoolExecutor | None = None
 _local = threading.local()
 
 
@@ -127,7 +125,9 @@ def kernel_defines() -> list[str]:
 def build_kernel(cc: str | None = None) -> Path:
     """Compile ``kernels/winograd.c`` into the cache (once per source, compiler, flags and CPU)."""
     cc = cc or os.environ.get("CC", "cc")
-    flags = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", *kernel_defines()]
+    flags = [
+        "-O3", "-march=native", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno", *kernel_defines()
+    ]
     src = SOURCE.read_bytes()
     key = hashlib.sha256(src + " ".join([cc, *flags]).encode() + _cpu_key().encode()).hexdigest()
     out = _cache_dir() / f"winograd-{key[:16]}.so"
@@ -165,10 +165,10 @@ def load_kernel() -> ctypes.CDLL | None:
         vp, lg = ctypes.c_void_p, ctypes.c_long
         for a in (4, 6):
             fin = getattr(lib, f"wino_input_{a}")
-            fin.argtypes = [vp, vp, vp, lg, lg, lg, lg, lg, lg]
+            fin.argtypes = [vp, vp, vp, lg, lg, lg, lg, lg, lg, ctypes.c_int]
             fin.restype = None
             fout = getattr(lib, f"wino_output_{a}")
-            fout.argtypes = [vp, vp, vp, ctypes.c_int, vp, lg, lg, lg, lg, lg, lg, vp]
+            fout.argtypes = [vp, vp, vp, ctypes.c_int, vp, lg, lg, lg, lg, lg, lg, ctypes.c_int]
             fout.restype = None
         _lib = lib
         return lib
@@ -178,37 +178,9 @@ def kernel_available() -> bool:
     return load_kernel() is not None
 
 
-def _parallel(
-    fn: ctypes._CFuncPtr, total: int, *args: object, scratch_floats: int = 0
-) -> None:
-    """Split tiles [0, total) over torch's thread count; ctypes releases the GIL in each call.
-
-    With ``scratch_floats`` each worker also gets its own scratch buffer as the last argument.
-    """
-    global _pool
-    workers = max(1, min(torch.get_num_threads(), total))
-    bounds = [total * i // workers for i in range(workers + 1)]
-    scratch = (
-        _workspace("scratch", scratch_floats * workers).view(workers, scratch_floats)
-        if scratch_floats
-        else None
-    )
-
-    def part(i: int) -> None:
-        extra = (scratch[i].data_ptr(),) if scratch is not None else ()
-        fn(*args, bounds[i], bounds[i + 1], *extra)
-
-    if workers == 1:
-        part(0)
-        return
-    with _lock:
-        if _pool is None or _pool._max_workers < workers:  # noqa: SLF001
-            _pool = ThreadPoolExecutor(workers, thread_name_prefix="streamseg-winograd")
-        pool = _pool
-    futures = [pool.submit(part, i) for i in range(1, workers)]
-    part(0)
-    for f in futures:
-        f.result()
+def _run_tiles(fn: ctypes._CFuncPtr, total: int, *args: object) -> None:
+    """Run a transform over tiles [0, total) on as many OpenMP threads as torch uses."""
+    fn(*args, 0, total, max(1, min(torch.get_num_threads(), total)))
 
 
 def _workspace(name: str, numel: int) -> torch.Tensor:
@@ -309,16 +281,15 @@ class WinogradConv2d(nn.Module):
         mm = _workspace("m", a * a * tiles * co).view(a * a, tiles, co)
         zeros = _workspace("zeros", c).zero_()
         y = _output_buffer((n, h, w, co))
-        _parallel(
+        _run_tiles(
             getattr(lib, f"wino_input_{a}"), tiles,
             xn.data_ptr(), v.data_ptr(), zeros.data_ptr(), n, h, w, c,
         )
         torch.bmm(v, self.u, out=mm)
-        _parallel(
+        _run_tiles(
             getattr(lib, f"wino_output_{a}"), tiles,
             mm.data_ptr(), self.bias.data_ptr(),
             rn.data_ptr() if rn is not None else None, int(self.relu), y.data_ptr(), n, h, w, co,
-            scratch_floats=(a - 2) * a * co,
         )
         return y.permute(0, 3, 1, 2)  # NCHW shape, channels_last memory
 
@@ -344,7 +315,7 @@ def _wants(conv: nn.Module, min_channels: int) -> bool:
     )
 
 
-def apply_winograd(model: nn.Module, tile: int = 4, min_channels: int = 128) -> int:
+def apply_winograd(model: nn.Module, tile: int = 4, min_channels: int = 64) -> int:
     """Replace (in place) eligible 3x3 convs of an eval, BN-folded model; returns how many.
 
     ``min_channels``: below it oneDNN's direct conv is faster on this kind of CPU (measured by

@@ -9,15 +9,19 @@
  *
  * Layouts: x, y, res: [n, H, W, C] contiguous; v: [A*A, P, C]; mm: [A*A, P, Co]; P = n*TH*TW
  * tiles, TH = ceil(H/m), TW = ceil(W/m); tile p covers output rows m*th .. m*th+m-1.
- * Each call handles tiles [p0, p1) so Python threads can split the work (ctypes drops the GIL).
+ * Tiles [p0, p1) are split over OpenMP threads: built with -fopenmp, this library binds to the
+ * libgomp.so.1 that PyTorch has already loaded, so it shares PyTorch's thread pool instead of
+ * competing with its spinning workers. omp_set_num_threads follows torch.set_num_threads.
  */
 #include <stddef.h>
+#include <stdlib.h>
 
 #define DEFINE_WINOGRAD(A)                                                                      \
 void wino_input_##A(const float *x, float *v, const float *zeros, long n, long H, long W,       \
-                    long C, long p0, long p1) {                                                 \
+                    long C, long p0, long p1, int nt) {                                                 \
     static const float B[A][A] = WINO_BT_##A;                                                   \
     const long m = A - 2, TH = (H + m - 1) / m, TW = (W + m - 1) / m, P = n * TH * TW;         \
+    _Pragma("omp parallel for schedule(static) num_threads(nt)")                                                \
     for (long p = p0; p < p1; ++p) {                                                            \
         long b = p / (TH * TW), r = p % (TH * TW), th = r / TW, tw = r % TW;                    \
         const float *d[A][A];                                                                   \
@@ -59,9 +63,13 @@ void wino_input_##A(const float *x, float *v, const float *zeros, long n, long H
 }                                                                                               \
                                                                                                 \
 void wino_output_##A(const float *mm, const float *bias, const float *res, int relu, float *y, \
-                     long n, long H, long W, long Co, long p0, long p1, float *scratch) {       \
+                     long n, long H, long W, long Co, long p0, long p1, int nt) {               \
     static const float T[A - 2][A] = WINO_AT_##A;                                               \
     const long m = A - 2, TH = (H + m - 1) / m, TW = (W + m - 1) / m, P = n * TH * TW;         \
+    _Pragma("omp parallel num_threads(nt)")                                                     \
+    {                                                                                           \
+    float *scratch = malloc(sizeof(float) * (A - 2) * A * Co);                                  \
+    _Pragma("omp for schedule(static)")                                                         \
     for (long p = p0; p < p1; ++p) {                                                            \
         long b = p / (TH * TW), r = p % (TH * TW), th = r / TW, tw = r % TW;                    \
         const float *s[A * A];                                                                  \
@@ -107,6 +115,8 @@ void wino_output_##A(const float *mm, const float *bias, const float *res, int r
                     for (long c = 0; c < Co; ++c) out[c] = out[c] > 0.0f ? out[c] : 0.0f;       \
                 }                                                                               \
             }                                                                                   \
+    }                                                                                           \
+    free(scratch);                                                                              \
     }                                                                                           \
 }
 
