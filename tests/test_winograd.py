@@ -169,3 +169,19 @@ def test_b0_fast_path_reproduces_the_upstream_outputs(tile: int, tmp_path: Path)
     with torch.inference_mode():
         plain = model(fx["inputs"]["images"], fx["inputs"]["rois"])["masks"]
     assert (plain - want["masks"]).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_gemm_transposed_conv_equals_conv_transpose2d(relu: bool) -> None:
+    torch.manual_seed(5)
+    deconv = nn.ConvTranspose2d(96, 40, 2, stride=2).eval()
+    layer = W.GemmConvTranspose2x2(deconv, relu=relu)
+    x = torch.randn(3, 96, 7, 5).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        y = layer(x)
+        want = deconv(x)
+    want = torch.relu(want) if relu else want
+    assert y.shape == (3, 40, 14, 10)
+    torch.testing.assert_close(y, want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="2x2 stride-2"):
+        W.GemmConvTranspose2x2(nn.ConvTranspose2d(8, 8, 3, stride=2))
