@@ -185,3 +185,17 @@ def test_gemm_transposed_conv_equals_conv_transpose2d(relu: bool) -> None:
     torch.testing.assert_close(y, want, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="2x2 stride-2"):
         W.GemmConvTranspose2x2(nn.ConvTranspose2d(8, 8, 3, stride=2))
+
+
+@needs_kernel
+def test_output_pool_stays_within_its_byte_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(W, "POOL_BYTES", 3 * 64 * 8 * 8 * 4)  # room for three 1x64x8x8 outputs
+    monkeypatch.setattr(W._local, "outputs", W.OrderedDict(), raising=False)
+    layer = W.WinogradConv2d(_conv(64, 64, seed=6), 4)
+    with torch.inference_mode():
+        for w in (8, 16, 24, 32):  # four shapes, each bigger than the last
+            layer(torch.randn(1, 64, 8, w))
+    pools = W._local.outputs
+    kept = sum(b.numel() * 4 for bufs in pools.values() for b in bufs)
+    assert kept <= W.POOL_BYTES or len(pools) == 1
+    assert list(pools)[-1] == (1, 8, 32, 64)  # the newest shape is kept

@@ -25,6 +25,7 @@ import os
 import subprocess
 import tempfile
 import threading
+from collections import OrderedDict
 from fractions import Fraction
 from pathlib import Path
 
@@ -198,16 +199,25 @@ def _storage_users(t: torch.Tensor) -> int:
     return torch._C._storage_Use_Count(t.untyped_storage()._cdata)  # noqa: SLF001
 
 
+#: upper bound on the bytes kept by one thread's output pool (ROI counts vary, so shapes do too)
+POOL_BYTES = 1 << 30
+
+
 def _output_buffer(shape: tuple[int, ...], keep: int = 6) -> torch.Tensor:
     """A float32 tensor of ``shape`` from a per-thread pool of outputs nobody holds any more.
 
     Why: a fresh 25-50 MB output is page-faulted in on every call (glibc returns big blocks to
     the OS when they are freed), which cost about a third of a Winograd layer here. A pooled
-    buffer is reused only when no tensor or view other than the pool's own refers to it.
+    buffer is reused only when no tensor or view other than the pool's own refers to it. The
+    least recently used shapes are dropped once the pool holds more than ``POOL_BYTES``.
     """
     if not hasattr(torch._C, "_storage_Use_Count"):  # noqa: SLF001 - private API: stay correct
         return torch.empty(shape, dtype=torch.float32)
-    pool = _local.__dict__.setdefault("outputs", {}).setdefault(shape, [])
+    pools: OrderedDict[tuple[int, ...], list[torch.Tensor]] = _local.__dict__.setdefault(
+        "outputs", OrderedDict()
+    )
+    pool = pools.setdefault(shape, [])
+    pools.move_to_end(shape)
     for t in pool:
         if _storage_users(t) <= 2:  # the pool's tensor + the temporary storage object
             return t
@@ -215,6 +225,10 @@ def _output_buffer(shape: tuple[int, ...], keep: int = 6) -> torch.Tensor:
         t = torch.empty(shape, dtype=torch.float32)
     if len(pool) < keep:
         pool.append(t)
+        total = sum(b.numel() * 4 for bufs in pools.values() for b in bufs)
+        while total > POOL_BYTES and len(pools) > 1:
+            _, dropped = pools.popitem(last=False)
+            total -= sum(b.numel() * 4 for b in dropped)
     return t
 
 
