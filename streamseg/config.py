@@ -895,11 +895,13 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _read_yaml(path: Path, origin: str) -> Any:
+def read_yaml(path: Path, origin: str, what: str = "pipeline file") -> Any:
+    """Parse a YAML config file; any problem (missing, unreadable, bad or duplicate key) is one
+    ConfigError line naming the file and the line. Shared by pipeline and training configs."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{origin}: (file): pipeline file not found; allowed: a path to an existing YAML file") from None
+        raise ConfigError(f"{origin}: (file): {what} not found; allowed: a path to an existing YAML file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{origin}: (file): cannot read the file ({e.__class__.__name__}); allowed: a readable UTF-8 YAML file") from None
     try:
@@ -1185,7 +1187,7 @@ def load_pipeline(
     Raises ConfigError (one line per problem, secrets redacted).
     """
     origin = str(path)
-    raw = _read_yaml(Path(path), origin)
+    raw = read_yaml(Path(path), origin)
     return config_from_dict(raw, origin=origin, overrides=overrides, check_files=check_files)
 
 

@@ -241,3 +241,14 @@ def test_package_exports():
     assert callable(st.train_main) and callable(st.eval_main) and st.Trainer is Trainer
     with pytest.raises(AttributeError):
         st.nope  # noqa: B018
+
+
+def test_training_config_file_errors_are_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match=r"nope.yaml: \(file\): training config not found; allowed: a path"):
+        load_train_config(missing)
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("model:\n  name: b0\nmodel:\n  name: b1\n")
+    with pytest.raises(ConfigError) as e:
+        load_train_config(dup)
+    assert str(e.value).startswith(f"{dup}: line 3, column 1: duplicate key") and "\n" not in str(e.value)

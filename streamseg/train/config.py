@@ -12,9 +12,9 @@ import logging
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from streamseg.config import read_yaml
 from streamseg.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -265,23 +265,6 @@ def validation_lines(exc: ValidationError, origin: str) -> list[str]:
 # --------------------------------------------------------------------------- loading
 
 
-def _read_yaml(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: (file): training config not found; allowed: a path to an existing YAML file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: (file): cannot read the file ({type(e).__name__}); allowed: a readable UTF-8 YAML file") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(unknown line)"
-        raise ConfigError(f"{path}: {where}: YAML syntax error: {(e.problem or 'syntax error').strip()}; allowed: valid YAML") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: (file): YAML error: {e}; allowed: valid YAML") from None
-
-
 def train_config_from_dict(raw: Any, origin: str = "config", overrides: Sequence[str] = ()) -> TrainConfig:
     """Validate a raw dict (after applying ``key.path=value`` overrides)."""
     if raw is None:
@@ -301,7 +284,7 @@ def train_config_from_dict(raw: Any, origin: str = "config", overrides: Sequence
 def load_train_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
     """Read, override and validate a training config file."""
     p = Path(path)
-    return train_config_from_dict(_read_yaml(p), str(p), overrides)
+    return train_config_from_dict(read_yaml(p, str(p), "training config"), str(p), overrides)
 
 
 def require_paths(cfg: TrainConfig, origin: str, keys: Sequence[str]) -> None:
