@@ -12,7 +12,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -167,6 +167,13 @@ class Pipeline:
         self._stop_requested = False
         self.source = None
         self.metrics = RunMetrics(cfg.metrics.latency_window_s)
+        self._callbacks: list[Callable[[FrameResult], None]] = []
+
+    def add_frame_callback(self, fn: Callable[[FrameResult], None]) -> None:
+        """Call ``fn(result)`` for every finished frame, after the sinks wrote it and before the
+        run's metrics count it (so a callback may e.g. restart the latency windows). Runs on the
+        pipeline's thread: keep it short. An exception in it stops the run like any other error."""
+        self._callbacks.append(fn)
 
     def stop(self) -> None:
         """Stop a running pipeline from another thread (finalises outputs; exit code stays 0)."""
@@ -308,6 +315,8 @@ class Pipeline:
             else:
                 s.write(result)
             self.metrics.stage(f"sink_{getattr(s, 'kind', type(s).__name__)}", time.perf_counter() - t1)
+        for fn in self._callbacks:
+            fn(result)
         self.metrics.frame_done(frame.capture_time)
 
     def _summary(self, sinks, flicker_raw, flicker_out, watermark) -> dict[str, Any]:

@@ -78,6 +78,17 @@ def test_file_run_keeps_every_frame_and_timestamp(tmp_path):
             assert int(dec.sum()) == inst["area"] == int((label == inst["label"]).sum())
 
 
+def test_frame_callback_sees_every_result_in_order(tmp_path):
+    pipe = Pipeline(_cfg({"uri": str(SAMPLE), "max_frames": 5}, [{"type": "events", "path": "events.jsonl"}]), tmp_path)
+    seen = []
+    pipe.add_frame_callback(lambda r: seen.append((r.frame.index, r.frame.image.shape, len(r.detections))))
+    assert pipe.run() == 0
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert [i for i, _, _ in seen] == [e["frame"] for e in events] == list(range(5))
+    assert all(shape == (576, 768, 3) for _, shape, _ in seen)
+    assert [n for _, _, n in seen] == [len(e["boxes"]) for e in events]
+
+
 def test_webcam_path_on_a_virtual_camera(tmp_path):
     clip = str(SAMPLE).replace("\\", "\\\\").replace(":", "\\:")
     src = {"uri": f"movie={clip}:loop=0,setpts=N/FRAME_RATE/TB,realtime", "type": "lavfi", "format": "lavfi",

@@ -158,18 +158,16 @@ def run_live(cfg: Any, seconds: float, out_dir: Path, startup_timeout_s: float =
     pipe = Pipeline(cfg, out_dir)
     done_at: list[float] = []
     first = threading.Event()
-    frame_done = pipe.metrics.frame_done
 
-    def record(capture_time: float, now: float | None = None) -> None:
-        t = time.time()
+    def record(_result: Any) -> None:
         if not done_at:  # count latency windows from the first output frame, not from Pipeline()
+            t = time.time()
             pipe.metrics.latency.start = t
             pipe.metrics.publish_latency.start = t
             first.set()
-        frame_done(capture_time, now)
         done_at.append(time.perf_counter())
 
-    pipe.metrics.frame_done = record  # type: ignore[method-assign]
+    pipe.add_frame_callback(record)
     finished = threading.Event()
     timing: dict[str, Any] = {}
 

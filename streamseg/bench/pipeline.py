@@ -61,13 +61,7 @@ def run_end_to_end(cfg: Any, out_dir: Path) -> dict[str, Any]:
     torch.manual_seed(0)
     pipe = Pipeline(cfg, out_dir)
     done_at: list[float] = []
-    frame_done = pipe.metrics.frame_done
-
-    def record(capture_time: float, now: float | None = None) -> None:
-        frame_done(capture_time, now)
-        done_at.append(time.perf_counter())
-
-    pipe.metrics.frame_done = record  # type: ignore[method-assign]
+    pipe.add_frame_callback(lambda _result: done_at.append(time.perf_counter()))
     t0 = time.perf_counter()
     rc = pipe.run()
     wall = time.perf_counter() - t0
