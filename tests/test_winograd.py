@@ -199,3 +199,21 @@ def test_output_pool_stays_within_its_byte_budget(monkeypatch: pytest.MonkeyPatc
     kept = sum(b.numel() * 4 for bufs in pools.values() for b in bufs)
     assert kept <= W.POOL_BYTES or len(pools) == 1
     assert list(pools)[-1] == (1, 8, 32, 64)  # the newest shape is kept
+
+
+@needs_kernel
+@pytest.mark.parametrize("tile", [2, 4])
+def test_chunked_tiles_give_the_same_output(tile: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    conv = _conv(64, 64, seed=7)
+    layer = W.WinogradConv2d(conv, tile, relu=True)
+    x = torch.randn(3, 64, 11, 14).contiguous(memory_format=torch.channels_last)
+    res = torch.randn(3, 64, 11, 14).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        whole = layer(x, residual=res).clone()
+        # 7 tiles per chunk: chunks cut through rows and images; the workspace shrinks to match
+        monkeypatch.setattr(W, "CHUNK_BYTES", 7 * (tile + 2) ** 2 * 64 * 4)
+        W._local.bufs = {}
+        chunked = layer(x, residual=res)
+    assert W._local.bufs["v"].numel() == 7 * (tile + 2) ** 2 * 64
+    # same transforms; only the GEMM's blocking (and so its summation order) may differ
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)

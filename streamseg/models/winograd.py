@@ -180,9 +180,13 @@ def kernel_available() -> bool:
     return load_kernel() is not None
 
 
-def _run_tiles(fn: ctypes._CFuncPtr, total: int, *args: object) -> None:
-    """Run a transform over tiles [0, total) on as many OpenMP threads as torch uses."""
-    fn(*args, 0, total, max(1, min(torch.get_num_threads(), total)))
+#: bytes of transformed tiles (per side, input and product) handled per GEMM; bounds the workspace
+CHUNK_BYTES = 64 << 20
+
+
+def _run_tiles(fn: ctypes._CFuncPtr, p0: int, p1: int, *args: object) -> None:
+    """Run a transform over tiles [p0, p1) on as many OpenMP threads as torch uses."""
+    fn(*args, p0, p1, max(1, min(torch.get_num_threads(), p1 - p0)))
 
 
 def _workspace(name: str, numel: int) -> torch.Tensor:
@@ -292,20 +296,25 @@ class WinogradConv2d(nn.Module):
         xn = x.permute(0, 2, 3, 1).contiguous()  # a no-op for channels_last input
         rn = residual.permute(0, 2, 3, 1).contiguous() if residual is not None else None
         tiles = n * (-(-h // m)) * (-(-w // m))
-        v = _workspace("v", a * a * tiles * c).view(a * a, tiles, c)
-        mm = _workspace("m", a * a * tiles * co).view(a * a, tiles, co)
+        step = max(1, min(tiles, CHUNK_BYTES // (a * a * max(c, co) * 4)))
+        v_all = _workspace("v", a * a * step * c)
+        m_all = _workspace("m", a * a * step * co)
         zeros = _workspace("zeros", c).zero_()
         y = _output_buffer((n, h, w, co))
-        _run_tiles(
-            getattr(lib, f"wino_input_{a}"), tiles,
-            xn.data_ptr(), v.data_ptr(), zeros.data_ptr(), n, h, w, c,
-        )
-        torch.bmm(v, self.u, out=mm)
-        _run_tiles(
-            getattr(lib, f"wino_output_{a}"), tiles,
-            mm.data_ptr(), self.bias.data_ptr(),
-            rn.data_ptr() if rn is not None else None, int(self.relu), y.data_ptr(), n, h, w, co,
-        )
+        res_ptr = rn.data_ptr() if rn is not None else None
+        for p0 in range(0, tiles, step):  # one chunk (a single GEMM) for 8 ROIs of 64x48 at 256 ch
+            p1 = min(p0 + step, tiles)
+            v = v_all[: a * a * (p1 - p0) * c].view(a * a, p1 - p0, c)
+            mm = m_all[: a * a * (p1 - p0) * co].view(a * a, p1 - p0, co)
+            _run_tiles(
+                getattr(lib, f"wino_input_{a}"), p0, p1,
+                xn.data_ptr(), v.data_ptr(), zeros.data_ptr(), n, h, w, c,
+            )
+            torch.bmm(v, self.u, out=mm)
+            _run_tiles(
+                getattr(lib, f"wino_output_{a}"), p0, p1,
+                mm.data_ptr(), self.bias.data_ptr(), res_ptr, int(self.relu), y.data_ptr(), n, h, w, co,
+            )
         return y.permute(0, 3, 1, 2)  # NCHW shape, channels_last memory
 
 

@@ -7,8 +7,9 @@
  * and +-1 coefficients; A = m + 2 is a constant per function so the tile loops unroll and the
  * channel loop vectorises.
  *
- * Layouts: x, y, res: [n, H, W, C] contiguous; v: [A*A, P, C]; mm: [A*A, P, Co]; P = n*TH*TW
- * tiles, TH = ceil(H/m), TW = ceil(W/m); tile p covers output rows m*th .. m*th+m-1.
+ * Layouts: x, y, res: [n, H, W, C] contiguous; tiles p = (b*TH + th)*TW + tw with TH = ceil(H/m),
+ * TW = ceil(W/m); tile p covers output rows m*th .. m*th+m-1. One call handles tiles [p0, p1):
+ * v is [A*A, p1-p0, C] and mm is [A*A, p1-p0, Co] for just those tiles (callers chunk big batches).
  * Tiles [p0, p1) are split over OpenMP threads: built with -fopenmp, this library binds to the
  * libgomp.so.1 that PyTorch has already loaded, so it shares PyTorch's thread pool instead of
  * competing with its spinning workers. omp_set_num_threads follows torch.set_num_threads.
@@ -20,7 +21,7 @@
 void wino_input_##A(const float *x, float *v, const float *zeros, long n, long H, long W,       \
                     long C, long p0, long p1, int nt) {                                                 \
     static const float B[A][A] = WINO_BT_##A;                                                   \
-    const long m = A - 2, TH = (H + m - 1) / m, TW = (W + m - 1) / m, P = n * TH * TW;         \
+    const long m = A - 2, TH = (H + m - 1) / m, TW = (W + m - 1) / m, L = p1 - p0;             \
     _Pragma("omp parallel for schedule(static) num_threads(nt)")                                                \
     for (long p = p0; p < p1; ++p) {                                                            \
         long b = p / (TH * TW), r = p % (TH * TW), th = r / TW, tw = r % TW;                    \
@@ -34,7 +35,7 @@ void wino_input_##A(const float *x, float *v, const float *zeros, long n, long H
             }                                                                                   \
         }                                                                                       \
         float *o[A * A];                                                                        \
-        for (int k = 0; k < A * A; ++k) o[k] = v + ((long)k * P + p) * C;                       \
+        for (int k = 0; k < A * A; ++k) o[k] = v + ((long)k * L + (p - p0)) * C;                \
         _Pragma("GCC ivdep")                                                                    \
         for (long c = 0; c < C; ++c) {                                                          \
             float t[A][A];                                                                      \
@@ -65,7 +66,7 @@ void wino_input_##A(const float *x, float *v, const float *zeros, long n, long H
 void wino_output_##A(const float *mm, const float *bias, const float *res, int relu, float *y, \
                      long n, long H, long W, long Co, long p0, long p1, int nt) {               \
     static const float T[A - 2][A] = WINO_AT_##A;                                               \
-    const long m = A - 2, TH = (H + m - 1) / m, TW = (W + m - 1) / m, P = n * TH * TW;         \
+    const long m = A - 2, TH = (H + m - 1) / m, TW = (W + m - 1) / m, L = p1 - p0;             \
     _Pragma("omp parallel num_threads(nt)")                                                     \
     {                                                                                           \
     float *scratch = malloc(sizeof(float) * (A - 2) * A * Co);                                  \
@@ -73,7 +74,7 @@ void wino_output_##A(const float *mm, const float *bias, const float *res, int r
     for (long p = p0; p < p1; ++p) {                                                            \
         long b = p / (TH * TW), r = p % (TH * TW), th = r / TW, tw = r % TW;                    \
         const float *s[A * A];                                                                  \
-        for (int k = 0; k < A * A; ++k) s[k] = mm + ((long)k * P + p) * Co;                     \
+        for (int k = 0; k < A * A; ++k) s[k] = mm + ((long)k * L + (p - p0)) * Co;              \
         /* column pass: t[i][l][:] = sum_k T[i][k] * s[k][l][:], kept in a per-thread scratch */ \
         _Pragma("GCC unroll 8")                                                                 \
         for (int i = 0; i < A - 2; ++i)                                                         \
