@@ -398,8 +398,9 @@ def _wants(conv: nn.Module, min_channels: int) -> bool:
 def apply_winograd(model: nn.Module, tile: int = 4, min_channels: int = 64) -> int:
     """Replace (in place) eligible 3x3 convs of an eval, BN-folded model; returns how many.
 
-    ``min_channels``: below it oneDNN's direct conv is faster on this kind of CPU (measured by
-    ``benchmarks/winograd_probe.py``). A ReLU that directly follows a replaced conv in a
+    ``min_channels``: below it Winograd is not reliably faster than oneDNN's direct conv on this
+    kind of CPU (``benchmarks/winograd_probe.py``: 96->32 at 320x320 came out slower in one run and
+    faster in another; every layer with 64+ channels was faster in every run). A ReLU that directly follows a replaced conv in a
     Sequential, and the ReLU/residual of a folded ResBlock, move into the conv's output pass.
     """
     from .blocks import ResBlock
