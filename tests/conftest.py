@@ -8,7 +8,6 @@ fail instead (``.ci/system-deps.sh`` installs it).
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import pytest
 
 from _shared import shared_file
 
-from streamseg.bench.live import free_port, wait_port  # noqa: F401 - tests import free_port from here
+from streamseg.bench.live import free_port, stop_process, wait_port  # noqa: F401 - tests import free_port from here
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 RELAY_PATHS = "live,out,recon,relaytest,pw"
@@ -29,23 +28,6 @@ def _missing(reason: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{reason} (CI=true: run .ci/system-deps.sh)")
     pytest.skip(reason)
-
-
-
-
-def stop_process(p: subprocess.Popen, kill: bool = False, timeout: float = 3.0) -> None:
-    """Stop one process we started (SIGKILL when ``kill``), never leaving it behind."""
-    if p.poll() is not None:
-        return
-    if kill:
-        p.kill()
-    else:
-        p.send_signal(signal.SIGTERM)
-    try:
-        p.wait(timeout)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait(timeout)
 
 
 class RtspRelay:

@@ -73,11 +73,15 @@ def wait_port(port: int, timeout: float = 10.0) -> bool:
     return False
 
 
-def stop_process(p: subprocess.Popen | None, timeout: float = 5.0) -> None:
-    """SIGTERM one child we started, SIGKILL it if it does not exit in ``timeout`` seconds."""
+def stop_process(p: subprocess.Popen | None, kill: bool = False, timeout: float = 5.0) -> None:
+    """SIGTERM (SIGKILL when ``kill``) one child we started; SIGKILL it if it does not exit in
+    ``timeout`` seconds. Also used by the test fixtures."""
     if p is None or p.poll() is not None:
         return
-    p.send_signal(signal.SIGTERM)
+    if kill:
+        p.kill()
+    else:
+        p.send_signal(signal.SIGTERM)
     try:
         p.wait(timeout)
     except subprocess.TimeoutExpired:

@@ -112,13 +112,17 @@ def find_conv_bn_pairs(
     return unique
 
 
-def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
+def replace_child(parent: nn.Module, attr: str, new: nn.Module) -> None:
+    """Put ``new`` where ``parent``'s child ``attr`` was (an index for Sequential/ModuleList)."""
     if isinstance(parent, (nn.Sequential, nn.ModuleList)) and attr.isdigit():
         parent[int(attr)] = new
     else:
         setattr(parent, attr, new)
+
+
+def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    replace_child(root.get_submodule(parent_name) if parent_name else root, attr, new)
 
 
 def fold_batchnorms(model: nn.Module, run: Callable[[nn.Module], object] | None = None) -> int:

@@ -57,8 +57,13 @@ def load_user_registry() -> dict[str, WeightsEntry]:
     return reg
 
 
+def cache_root() -> Path:
+    """$STREAMSEG_CACHE, else ~/.cache/streamseg: downloaded weights and compiled kernels live here."""
+    return Path(os.environ.get("STREAMSEG_CACHE", Path.home() / ".cache" / "streamseg"))
+
+
 def cache_dir() -> Path:
-    return Path(os.environ.get("STREAMSEG_CACHE", Path.home() / ".cache" / "streamseg")) / "weights"
+    return cache_root() / "weights"
 
 
 def sha256_of(path: Path) -> str:

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .weights import cache_root
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernels") / "winograd.c"
@@ -91,11 +93,6 @@ def winograd_matrices(m: int, r: int = 3) -> tuple[torch.Tensor, torch.Tensor, t
 
 
 # ----------------------------------------------------------------------------- the C kernel
-def _cache_dir() -> Path:
-    root = os.environ.get("STREAMSEG_CACHE") or os.path.join(Path.home(), ".cache", "streamseg")
-    return Path(root) / "kernels"
-
-
 def _cpu_key() -> str:
     """Identifies the instruction set the kernel was built for (it is built with -march=native)."""
     try:
@@ -132,7 +129,7 @@ def build_kernel(cc: str | None = None) -> Path:
     ]
     src = SOURCE.read_bytes()
     key = hashlib.sha256(src + " ".join([cc, *flags]).encode() + _cpu_key().encode()).hexdigest()
-    out = _cache_dir() / f"winograd-{key[:16]}.so"
+    out = cache_root() / "kernels" / f"winograd-{key[:16]}.so"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -404,11 +401,10 @@ def apply_winograd(model: nn.Module, tile: int = 4, min_channels: int = 64) -> i
     Sequential, and the ReLU/residual of a folded ResBlock, move into the conv's output pass.
     """
     from .blocks import ResBlock
+    from .fuse import replace_child
 
     count = 0
-    for name, mod in list(model.named_modules()):
-        if not name and mod is not model:
-            continue
+    for mod in list(model.modules()):
         for child_name, child in list(mod.named_children()):
             if (
                 isinstance(child, ResBlock)
@@ -420,13 +416,13 @@ def apply_winograd(model: nn.Module, tile: int = 4, min_channels: int = 64) -> i
                 fused = FusedResBlock(
                     WinogradConv2d(child.conv1, tile), WinogradConv2d(child.conv2, tile)
                 )
-                _replace(mod, child_name, fused)
+                replace_child(mod, child_name, fused)
                 count += 2
             elif _wants(child, min_channels):
-                _replace(mod, child_name, WinogradConv2d(child, tile))
+                replace_child(mod, child_name, WinogradConv2d(child, tile))
                 count += 1
             elif gemm_deconv_eligible(child) and child.in_channels >= min_channels:
-                _replace(mod, child_name, GemmConvTranspose2x2(child))
+                replace_child(mod, child_name, GemmConvTranspose2x2(child))
     for seq in _chains(model):
         _fuse_following_relu(seq)
     return count
@@ -440,13 +436,6 @@ def _chains(model: nn.Module) -> list[nn.Sequential | nn.ModuleList]:
     out: list[nn.Sequential | nn.ModuleList] = [m for m in model.modules() if isinstance(m, nn.Sequential)]
     out += [m.target_vs_nontarget_branch for m in model.modules() if isinstance(m, HierarchicalHeadV2)]
     return out
-
-
-def _replace(parent: nn.Module, name: str, new: nn.Module) -> None:
-    if isinstance(parent, (nn.Sequential, nn.ModuleList)) and name.isdigit():
-        parent[int(name)] = new
-    else:
-        setattr(parent, name, new)
 
 
 def _fuse_following_relu(seq: nn.Sequential | nn.ModuleList) -> None:
