@@ -153,6 +153,7 @@ CASES = [
     ("rtsp url", {"sinks": [{"type": "rtsp", "url": "http://x/y"}]}, "sinks.0.url: invalid value 'http://x/y'"),
     ("bool as int", {"runtime": {"batch_frames": True}}, "runtime.batch_frames: expected a number, got True"),
     ("device", {"runtime": {"device": "gpu"}}, "runtime.device: invalid value 'gpu'; allowed: auto|cpu|cuda|cuda:N"),
+    ("winograd", {"runtime": {"winograd": "f3"}}, "runtime.winograd: invalid value 'f3'; allowed: auto|off|f2|f4"),
     ("backoff", {"source": {"uri": "rtsp://h/x", "reconnect": {"backoff_base_s": 5, "backoff_max_s": 1}}},
      "source.reconnect.backoff_max_s: 1.0 is smaller than backoff_base_s 5.0"),
     ("camera size", {"source": {"uri": "0", "size": "640*480"}}, "source.size: invalid value '640*480'"),
