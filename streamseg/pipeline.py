@@ -369,13 +369,15 @@ def _optimize(model: Any, runtime: Any) -> Any:
 
 
 def winograd_tile(runtime: Any) -> int | None:
-    """The Winograd tile size for a ``runtime`` section: 4 or 2 on a CPU in fp32 with a C
-    compiler at hand, else None (off, CUDA, bf16/fp16, or no compiler)."""
-    import torch
+    """The Winograd tile size for a ``runtime`` section: 4 or 2 when the model runs on a CPU in
+    fp32 (fp16 there falls back to fp32) with a C compiler at hand, else None (off, CUDA, bf16,
+    or no compiler)."""
+    from .segment import effective_precision, resolve_device
 
-    if runtime.winograd == "off" or runtime.precision != "fp32":
+    device = resolve_device("auto").type if runtime.device == "auto" else runtime.device
+    if runtime.winograd == "off" or device.startswith("cuda"):
         return None
-    if runtime.device.startswith("cuda") or (runtime.device == "auto" and torch.cuda.is_available()):
+    if effective_precision(runtime.precision, cuda=False) != "fp32":
         return None
     from .models.winograd import kernel_available
 

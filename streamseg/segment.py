@@ -52,6 +52,12 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def effective_precision(precision: str, cuda: bool) -> str:
+    """The precision a run really uses: fp16 needs CUDA, so on a CPU it runs fp32 (bf16 on CPUs
+    without AMX was measured slower than fp32 and moves masks, so it is not the stand-in)."""
+    return "fp32" if precision == "fp16" and not cuda else precision
+
+
 @dataclass
 class _Batch:
     frames: list[Frame]
@@ -86,11 +92,10 @@ class Segmenter:
         self.last_seconds = 0.0
 
     def _check_precision(self, p: str) -> str:
-        if p == "fp16" and not self.cuda:
-            # bf16 on CPUs without AMX was measured slower than fp32 and moves masks: keep fp32.
+        eff = effective_precision(p, self.cuda)
+        if eff != p:
             log.warning("runtime.precision fp16 needs CUDA; running fp32 on the CPU")
-            return "fp32"
-        return p
+        return eff
 
     # ------------------------------------------------------------------ stages of one batch
     def _autocast(self) -> contextlib.AbstractContextManager:

@@ -142,6 +142,7 @@ def test_winograd_choice_follows_runtime_settings() -> None:
         assert winograd_tile(rt()) == 4
         assert winograd_tile(rt(winograd="f2")) == 2
         assert winograd_tile(rt(winograd="f4")) == 4
+        assert winograd_tile(rt(precision="fp16")) == 4  # fp16 runs as fp32 on a CPU
 
 
 @needs_kernel
